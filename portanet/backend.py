@@ -1,0 +1,421 @@
+"""Backends: names to array namespaces, devices, and moving data in and out.
+
+This is the one module (with the host-side I/O and data code) that names a
+concrete array library. Everything else receives ``xp``, the namespace that
+:func:`get_namespace` resolves once, through ``array_api_compat``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "BACKENDS",
+    "available_backends",
+    "backend_name",
+    "from_host",
+    "get_backend",
+    "get_namespace",
+    "host_rng",
+    "host_zeros",
+    "resolve_device",
+    "resolve_dtype",
+    "set_backend",
+    "to_array",
+    "to_numpy",
+]
+
+# name -> (module to import, pip extra that installs it)
+BACKENDS: dict[str, tuple[str, str | None]] = {
+    "numpy": ("numpy", None),
+    "cupy": ("cupy", "cuda12"),
+    "torch": ("torch", "torch"),
+    "jax": ("jax.numpy", "jax"),
+    "array_api_strict": ("array_api_strict", "strict"),
+}
+
+_default_backend: str | None = None
+
+
+# ---------------------------------------------------------------- names ----
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        known = ", ".join(repr(n) for n in BACKENDS)
+        raise ValueError(f"unknown backend {name!r}; known backends are {known}")
+    return name
+
+
+def _import_backend(name: str) -> ModuleType:
+    module_name, extra = BACKENDS[_check_name(name)]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f'pip install "portanet[{extra}]"' if extra else "pip install numpy"
+        if name == "cupy":
+            hint = 'pip install "portanet[cuda12]" (or "portanet[cuda13]")'
+        raise ImportError(f"backend {name!r} is not installed; install it with {hint}") from exc
+    if name == "cupy" and not _cuda_device_count(module):
+        raise RuntimeError(
+            "backend 'cupy' is installed but no GPU was found: CuPy needs a CUDA device"
+        )
+    return module
+
+
+def _cuda_device_count(cupy: ModuleType) -> int:
+    try:
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no driver, no device, or a broken CUDA install
+        return 0
+
+
+def set_backend(name: str) -> None:
+    """Set the default backend used when a network is built without ``backend=``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`BACKENDS`. The backend must be importable.
+    """
+    _import_backend(name)
+    global _default_backend
+    _default_backend = name
+
+
+def get_backend() -> str:
+    """Return the default backend: :func:`set_backend`, else ``PORTANET_BACKEND``, else numpy."""
+    if _default_backend is not None:
+        return _default_backend
+    return _check_name(os.environ.get("PORTANET_BACKEND", "numpy") or "numpy")
+
+
+def get_namespace(backend: str | ModuleType | None = None) -> ModuleType:
+    """Resolve a backend name or namespace module to an array-API namespace.
+
+    Parameters
+    ----------
+    backend : str, module or None
+        A name from :data:`BACKENDS`, an array namespace (``numpy``,
+        ``array_api_strict``, ``array_api_compat.torch``, ...), or None for the
+        default backend (:func:`get_backend`).
+
+    Returns
+    -------
+    module
+        The standard-compliant namespace (``array_api_compat`` wraps NumPy,
+        CuPy and torch; JAX and array-api-strict are compliant as they are).
+    """
+    if backend is None:
+        backend = get_backend()
+    if isinstance(backend, str):
+        module = _import_backend(backend)
+        if backend == "jax":
+            return module
+    elif isinstance(backend, ModuleType):
+        module = backend
+    else:
+        raise TypeError(
+            f"backend must be a name or a namespace module, got {type(backend).__name__}"
+        )
+    name = backend_name(module)
+    if name == "cupy" and not _cuda_device_count(importlib.import_module("cupy")):
+        raise RuntimeError(
+            "backend 'cupy' is installed but no GPU was found: CuPy needs a CUDA device"
+        )
+    return _compat_namespace(name, module)
+
+
+def _compat_namespace(name: str, module: ModuleType) -> ModuleType:
+    if name in ("numpy", "cupy", "torch"):
+        return importlib.import_module(f"array_api_compat.{name}")
+    return module
+
+
+def backend_name(xp: ModuleType) -> str:
+    """Return the portanet name of a namespace (``"numpy"``, ``"torch"``, ...)."""
+    checks = (
+        ("numpy", array_api_compat.is_numpy_namespace),
+        ("cupy", array_api_compat.is_cupy_namespace),
+        ("torch", array_api_compat.is_torch_namespace),
+        ("jax", array_api_compat.is_jax_namespace),
+        ("array_api_strict", array_api_compat.is_array_api_strict_namespace),
+    )
+    for name, check in checks:
+        if check(xp):
+            return name
+    if getattr(xp, "__name__", "") in ("jax", "jax.numpy"):
+        return "jax"
+    known = ", ".join(repr(n) for n in BACKENDS)
+    raise ValueError(f"unsupported array namespace {xp!r}; portanet supports {known}")
+
+
+# --------------------------------------------------------------- devices ----
+
+
+def resolve_device(xp: ModuleType, device: Any = None) -> Any:
+    """Map ``device`` to a device object of ``xp``.
+
+    ``None`` is the backend's default device. The strings ``"cpu"``, ``"cuda"``
+    and ``"cuda:N"`` are mapped for each backend; the backend's own device
+    objects pass through (array-api-strict also takes the names of its devices,
+    such as ``"device1"``).
+    """
+    name = backend_name(xp)
+    if isinstance(device, str):
+        return _device_from_string(name, xp, device)
+    if device is None:
+        default = xp.__array_namespace_info__().default_device()
+        if default is None and name == "jax":
+            import jax
+
+            default = jax.devices()[0]
+        return default
+    known = _devices(xp)
+    if known and device not in known and name != "torch":
+        raise ValueError(f"device {device!r} is not a device of backend {name!r}; it has {known}")
+    return device
+
+
+def _devices(xp: ModuleType) -> list[Any]:
+    try:
+        return [d for d in xp.__array_namespace_info__().devices() if d is not None]
+    except Exception:
+        return []
+
+
+def _device_from_string(name: str, xp: ModuleType, spec: str) -> Any:
+    kind, _, index_text = spec.partition(":")
+    if kind not in ("cpu", "cuda") or (index_text and not index_text.isdigit()):
+        if name == "array_api_strict":
+            for dev in _devices(xp):
+                if str(dev) == spec or getattr(dev, "_device", None) == spec:
+                    return dev
+        raise ValueError(f"device {spec!r} is not understood; use 'cpu', 'cuda' or 'cuda:N'")
+    index = int(index_text or 0)
+    if name in ("numpy", "array_api_strict"):
+        if kind != "cpu":
+            raise ValueError(f"backend {name!r} runs on the CPU only; got device {spec!r}")
+        return xp.__array_namespace_info__().default_device()
+    if name == "torch":
+        import torch
+
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {spec!r} asked for, but torch found no CUDA GPU")
+        return torch.device(spec)
+    if name == "jax":
+        import jax
+
+        try:
+            devs = jax.devices("cpu" if kind == "cpu" else "gpu")
+        except RuntimeError as exc:
+            raise RuntimeError(f"device {spec!r} asked for, but JAX has none") from exc
+        return _pick(devs, index, spec)
+    # cupy
+    import cupy
+
+    if kind == "cpu":
+        raise ValueError("backend 'cupy' runs on CUDA GPUs only; got device 'cpu'")
+    return _pick([cupy.cuda.Device(i) for i in range(_cuda_device_count(cupy))], index, spec)
+
+
+def _pick(devices: Sequence[Any], index: int, spec: str) -> Any:
+    if index >= len(devices):
+        raise ValueError(f"device {spec!r} does not exist; found {len(devices)} such device(s)")
+    return devices[index]
+
+
+# ---------------------------------------------------------------- dtypes ----
+
+
+def resolve_dtype(xp: ModuleType, dtype: Any, device: Any = None) -> Any:
+    """Map ``"float32"``/``"float64"`` (or a dtype of ``xp``) to a floating dtype of ``xp``."""
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        name = dtype
+    else:
+        name = next((n for n in ("float32", "float64") if getattr(xp, n) == dtype), None)
+        if name is None:
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    if name == "float64":
+        backend = backend_name(xp)
+        if backend == "jax":
+            import jax
+
+            if not jax.config.read("jax_enable_x64"):
+                raise ValueError(
+                    "JAX computes in float64 only with x64 enabled: set JAX_ENABLE_X64=1 "
+                    "or call jax.config.update('jax_enable_x64', True) before building"
+                )
+        try:
+            supported = xp.__array_namespace_info__().dtypes(device=device)
+        except Exception:
+            supported = None
+        if supported is not None and "float64" not in supported:
+            raise ValueError(f"device {device!r} of backend {backend!r} has no float64")
+    return getattr(xp, name)
+
+
+# ------------------------------------------------------- moving data ----
+
+
+def _is_array_api_array(x: Any) -> bool:
+    return array_api_compat.is_array_api_obj(x) and not isinstance(x, (int, float, bool, complex))
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Return a host NumPy copy of ``x`` (any supported array, a list, or a scalar)."""
+    if isinstance(x, np.ndarray):
+        return x.copy()
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy().copy()
+    if _is_array_api_array(x):
+        try:
+            return np.array(np.from_dlpack(x), copy=True)
+        except (BufferError, TypeError, RuntimeError, ValueError):
+            return np.array(x, copy=True)
+    return np.array(x, copy=True)
+
+
+def _host_numeric(x: Any, what: str) -> np.ndarray:
+    """Turn lists, scalars and NumPy arrays into a numeric NumPy array, or raise TypeError."""
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{what} must be a numeric array; could not convert it: {exc}") from exc
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must hold numbers, got an array of dtype {a.dtype}")
+    return a
+
+
+def to_array(
+    x: Any, xp: ModuleType, device: Any, dtype: Any = None, *, what: str = "input"
+) -> Any:
+    """Convert ``x`` to an array of ``xp`` on ``device`` (and of ``dtype`` if given).
+
+    ``x`` may be a Python list or scalar, a NumPy array, or an array of any
+    supported namespace. Arrays of another namespace go through DLPack where
+    that works, and through a host copy where it does not (e.g. GPU to CPU).
+    """
+    if _is_array_api_array(x):
+        x_ns = array_api_compat.array_namespace(x)
+        if backend_name(x_ns) == backend_name(xp):
+            out = x
+        else:
+            out = _from_foreign(x, xp, device, what)
+        if not _is_numeric(xp, out.dtype):
+            raise TypeError(f"{what} must hold numbers, got an array of dtype {out.dtype}")
+    else:
+        out = xp.asarray(_host_numeric(x, what), device=device)
+    if array_api_compat.device(out) != device:
+        out = array_api_compat.to_device(out, device)
+    if dtype is not None and out.dtype != dtype:
+        out = xp.astype(out, dtype)
+    return out
+
+
+def _is_numeric(xp: ModuleType, dtype: Any) -> bool:
+    return xp.isdtype(dtype, ("bool", "integral", "real floating"))
+
+
+def _from_foreign(x: Any, xp: ModuleType, device: Any, what: str) -> Any:
+    try:
+        out = xp.from_dlpack(x)
+        if array_api_compat.device(out) == device:
+            return out
+    except Exception:  # DLPack refused: another device, or an old exporter
+        pass
+    return xp.asarray(_host_numeric(to_numpy(x), what), device=device)
+
+
+def host_rng(seed: int | None = None) -> np.random.Generator:
+    """The seeded host generator that draws weights, shuffles and dropout masks."""
+    return np.random.default_rng(seed)
+
+
+def host_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """A float64 host array of zeros (cast to the network's dtype when moved)."""
+    return np.zeros(shape)
+
+
+def from_host(a: np.ndarray, xp: ModuleType, device: Any, dtype: Any) -> Any:
+    """Move a host NumPy array (e.g. drawn from the host RNG) to ``device`` as ``dtype``.
+
+    The cast happens on the host, so every backend receives identical values.
+    """
+    np_dtype = np.float64 if dtype == xp.float64 else np.float32
+    if xp.isdtype(dtype, "integral"):
+        np_dtype = np.int64
+    return xp.asarray(np.ascontiguousarray(a, dtype=np_dtype), device=device)
+
+
+# ------------------------------------------------------------ inventory ----
+
+
+@dataclass
+class BackendInfo:
+    """What :func:`available_backends` reports about one backend."""
+
+    name: str
+    installed: bool
+    version: str | None = None
+    devices: list[str] = field(default_factory=list)
+    gpu: bool = False
+    extra: str | None = None
+    note: str = ""
+
+
+def available_backends() -> list[BackendInfo]:
+    """Report every known backend: installed or not, version, devices, GPU found.
+
+    Nothing is imported that is not installed, and a missing GPU is not an error.
+    """
+    return [_inspect(name) for name in BACKENDS]
+
+
+def _inspect(name: str) -> BackendInfo:
+    module_name, extra = BACKENDS[name]
+    top = module_name.split(".")[0]
+    info = BackendInfo(name=name, installed=False, extra=extra)
+    if importlib.util.find_spec(top) is None:
+        info.note = f'pip install "portanet[{extra}]"' if extra else ""
+        return info
+    try:
+        module = importlib.import_module(top)
+    except Exception as exc:  # installed but broken
+        info.note = f"import failed: {exc}"
+        return info
+    info.installed = True
+    info.version = getattr(module, "__version__", None)
+    try:
+        if name == "cupy":
+            count = _cuda_device_count(module)
+            info.devices = [f"cuda:{i}" for i in range(count)]
+            info.gpu = count > 0
+            if not count:
+                info.note = "no GPU found"
+        elif name == "torch":
+            info.devices = ["cpu"] + [f"cuda:{i}" for i in range(module.cuda.device_count())]
+            info.gpu = module.cuda.is_available()
+        elif name == "jax":
+            info.devices = [str(d) for d in module.devices()]
+            info.gpu = any(d.platform == "gpu" for d in module.devices())
+        elif name == "array_api_strict":
+            info.devices = [str(d) for d in module.__array_namespace_info__().devices()]
+        else:
+            info.devices = ["cpu"]
+    except Exception as exc:
+        info.note = f"device query failed: {exc}"
+    return info

@@ -1,0 +1,278 @@
+"""Loss functions: a value and its gradient with respect to the prediction.
+
+A :class:`Loss` is the notebook's ``(f, df)`` pair. ``value(pred, target)``
+returns a 0-d array in the prediction's namespace (never a Python float, so a
+GPU is not synced), and ``grad(pred, target)`` returns ``dL/dpred``, an array
+of ``pred``'s shape. Every loss is a mean, as torch's default ``reduction="mean"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+__all__ = [
+    "BCEWithLogits",
+    "CrossEntropy",
+    "Huber",
+    "Loss",
+    "MAE",
+    "MSE",
+    "get",
+]
+
+Array = Any
+
+
+class Loss:
+    """A loss ``f(pred, target)`` with its gradient ``df(pred, target) = dL/dpred``.
+
+    Parameters
+    ----------
+    f, df : callable
+        ``f`` returns a 0-d array, ``df`` an array shaped like ``pred``.
+    name : str, optional
+        A name for logs and checkpoints.
+    """
+
+    #: whether integer class labels are accepted as targets
+    accepts_labels = False
+
+    def __init__(
+        self,
+        f: Callable[[Array, Array], Array],
+        df: Callable[[Array, Array], Array],
+        name: str = "",
+    ):
+        self.f = f
+        self.df = df
+        self.name = name or getattr(f, "__name__", "loss")
+
+    def __call__(self, pred: Array, target: Array) -> Array:
+        return self.value(pred, target)
+
+    def value(self, pred: Array, target: Array) -> Array:
+        """The loss, a 0-d array in ``pred``'s namespace."""
+        return self.f(pred, target)
+
+    def grad(self, pred: Array, target: Array) -> Array:
+        """``dL/dpred``, shaped like ``pred``."""
+        return self.df(pred, target)
+
+    def check_target(self, pred_shape: tuple[int, ...], target: Array) -> None:
+        """Raise ``ValueError`` unless ``target`` fits predictions of ``pred_shape``.
+
+        The default wants the same shape: nothing is silently broadcast.
+        """
+        if tuple(target.shape) != tuple(pred_shape):
+            raise ValueError(
+                f"loss {self.name!r}: target shape {tuple(target.shape)} does not match "
+                f"prediction shape {tuple(pred_shape)}"
+            )
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _count(a: Array) -> float:
+    """Number of elements as a Python float (``a.size`` is a method on torch)."""
+    return float(math.prod(a.shape))
+
+
+def _mean(xp: Any, a: Array) -> Array:
+    return xp.sum(a) / _count(a)
+
+
+class MSE(Loss):
+    """Mean squared error over all elements, as ``torch.nn.MSELoss()``.
+
+    ``L = mean((p - t)^2)`` and ``dL/dp = 2 (p - t) / n``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(self._f, self._df, name="mse")
+
+    @staticmethod
+    def _f(pred: Array, target: Array) -> Array:
+        xp = array_namespace(pred)
+        d = pred - target
+        return _mean(xp, d * d)
+
+    @staticmethod
+    def _df(pred: Array, target: Array) -> Array:
+        return (2.0 / _count(pred)) * (pred - target)
+
+
+class MAE(Loss):
+    """Mean absolute error, as ``torch.nn.L1Loss()``: ``dL/dp = sign(p - t) / n``."""
+
+    def __init__(self) -> None:
+        super().__init__(self._f, self._df, name="mae")
+
+    @staticmethod
+    def _f(pred: Array, target: Array) -> Array:
+        xp = array_namespace(pred)
+        return _mean(xp, xp.abs(pred - target))
+
+    @staticmethod
+    def _df(pred: Array, target: Array) -> Array:
+        xp = array_namespace(pred)
+        return xp.sign(pred - target) / _count(pred)
+
+
+class Huber(Loss):
+    """Huber loss, as ``torch.nn.HuberLoss(delta=delta)``.
+
+    ``l(d) = d^2 / 2`` for ``|d| <= delta``, else ``delta (|d| - delta / 2)``,
+    with ``d = p - t``; its derivative is ``d`` clipped to ``[-delta, delta]``.
+    """
+
+    def __init__(self, delta: float = 1.0) -> None:
+        if not delta > 0:
+            raise ValueError(f"Huber: delta must be positive, got {delta!r}")
+        self.delta = float(delta)
+        super().__init__(self._f, self._df, name="huber")
+
+    def _f(self, pred: Array, target: Array) -> Array:
+        xp = array_namespace(pred)
+        a = xp.abs(pred - target)
+        quadratic = 0.5 * a * a
+        linear = self.delta * (a - 0.5 * self.delta)
+        return _mean(xp, xp.where(a <= self.delta, quadratic, linear))
+
+    def _df(self, pred: Array, target: Array) -> Array:
+        xp = array_namespace(pred)
+        return xp.clip(pred - target, min=-self.delta, max=self.delta) / _count(pred)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "delta": self.delta}
+
+    def __repr__(self) -> str:
+        return f"Huber(delta={self.delta})"
+
+
+def _log_sigmoid_parts(xp: Any, z: Array) -> tuple[Array, Array]:
+    """Return ``max(z, 0)`` and ``log1p(exp(-|z|))``: softplus(z) is their sum."""
+    return xp.maximum(z, xp.zeros_like(z)), xp.log1p(xp.exp(-xp.abs(z)))
+
+
+class BCEWithLogits(Loss):
+    """Binary cross-entropy on logits, as ``torch.nn.BCEWithLogitsLoss()``.
+
+    ``L = mean(softplus(z) - t z)``, computed as
+    ``max(z, 0) - t z + log1p(e^{-|z|})`` so that no exp overflows;
+    ``dL/dz = (sigmoid(z) - t) / n``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(self._f, self._df, name="bce_with_logits")
+
+    @staticmethod
+    def _f(z: Array, t: Array) -> Array:
+        xp = array_namespace(z)
+        pos, log_term = _log_sigmoid_parts(xp, z)
+        return _mean(xp, pos - t * z + log_term)
+
+    @staticmethod
+    def _df(z: Array, t: Array) -> Array:
+        from .activations import sigmoid
+
+        return (sigmoid(z) - t) / _count(z)
+
+
+class CrossEntropy(Loss):
+    """Softmax cross-entropy on logits, as ``torch.nn.CrossEntropyLoss``.
+
+    Targets are integer class labels of shape ``(n,)`` or class probabilities
+    of shape ``(n, classes)``. With label smoothing ``e`` the target
+    distribution is ``q = (1 - e) t + e / classes``. Then
+
+    ``L = -mean_over_rows(sum_k q_k log softmax(z)_k)`` and
+    ``dL/dz = (softmax(z) - q) / n``.
+
+    ``log softmax(z) = z - max(z) - log(sum(e^{z - max(z)}))`` keeps logits of
+    size 1e4 finite.
+    """
+
+    accepts_labels = True
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(
+                f"CrossEntropy: label_smoothing must be in [0, 1], got {label_smoothing!r}"
+            )
+        self.label_smoothing = float(label_smoothing)
+        super().__init__(self._f, self._df, name="cross_entropy")
+
+    def check_target(self, pred_shape: tuple[int, ...], target: Array) -> None:
+        pred_shape = tuple(pred_shape)
+        if len(pred_shape) != 2:
+            raise ValueError(
+                f"loss 'cross_entropy' needs predictions of shape (n, classes), got {pred_shape}"
+            )
+        shape = tuple(target.shape)
+        if shape not in (pred_shape[:1], pred_shape):
+            raise ValueError(
+                f"loss 'cross_entropy': target shape {shape} fits neither labels "
+                f"{pred_shape[:1]} nor probabilities {pred_shape}"
+            )
+
+    def _target_distribution(self, z: Array, t: Array) -> Array:
+        xp = array_namespace(z)
+        classes = z.shape[-1]
+        if t.ndim == 1:  # labels -> one-hot, built on z's device
+            ks = xp.arange(classes, dtype=t.dtype, device=device_of(z))
+            t = xp.astype(t[:, None] == ks[None, :], z.dtype)
+        e = self.label_smoothing
+        if e:
+            t = (1.0 - e) * t + e / classes
+        return t
+
+    def _f(self, z: Array, t: Array) -> Array:
+        xp = array_namespace(z)
+        shifted = z - xp.max(z, axis=-1, keepdims=True)
+        log_p = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
+        q = self._target_distribution(z, t)
+        return -xp.sum(q * log_p) / float(z.shape[0])
+
+    def _df(self, z: Array, t: Array) -> Array:
+        from .activations import softmax
+
+        return (softmax(z) - self._target_distribution(z, t)) / float(z.shape[0])
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "label_smoothing": self.label_smoothing}
+
+    def __repr__(self) -> str:
+        return f"CrossEntropy(label_smoothing={self.label_smoothing})"
+
+
+_BY_NAME: dict[str, Callable[..., Loss]] = {
+    "mse": MSE,
+    "mae": MAE,
+    "huber": Huber,
+    "bce_with_logits": BCEWithLogits,
+    "cross_entropy": CrossEntropy,
+}
+
+
+def get(spec: str | Loss | dict[str, Any]) -> Loss:
+    """Return a :class:`Loss` from a name (``"mse"``, ...), a config dict, or an instance."""
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, dict):
+        kwargs = dict(spec)
+        name = kwargs.pop("name", None)
+    else:
+        name, kwargs = spec, {}
+    if not isinstance(name, str) or name not in _BY_NAME:
+        known = ", ".join(sorted(_BY_NAME))
+        raise ValueError(f"unknown loss {spec!r}; known losses are {known}")
+    return _BY_NAME[name](**kwargs)

@@ -1,0 +1,310 @@
+"""``Sequential``: a stack of layers on one namespace, device and dtype."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from . import losses as L
+from . import optim as O
+from .backend import (
+    backend_name,
+    get_namespace,
+    host_rng,
+    resolve_device,
+    resolve_dtype,
+    to_array,
+    to_numpy,
+)
+from .layers import Context, Layer
+
+__all__ = ["Sequential"]
+
+Array = Any
+
+
+class ParameterView(MutableMapping):
+    """Live ``"i.name" -> array`` view of a network's parameters.
+
+    Assigning through it writes into the layer, so ``params[k] -= step`` works on
+    immutable arrays (JAX) as well as writeable ones.
+    """
+
+    def __init__(self, layers: Sequence[Layer], attr: str = "params"):
+        self._layers = layers
+        self._attr = attr
+
+    def _split(self, key: str) -> tuple[dict[str, Array], str]:
+        index, _, name = key.partition(".")
+        try:
+            store = getattr(self._layers[int(index)], self._attr)
+        except (ValueError, IndexError) as exc:
+            raise KeyError(key) from exc
+        if name not in store:
+            raise KeyError(key)
+        return store, name
+
+    def __getitem__(self, key: str) -> Array:
+        store, name = self._split(key)
+        return store[name]
+
+    def __setitem__(self, key: str, value: Array) -> None:
+        store, name = self._split(key)
+        store[name] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("parameters cannot be deleted")
+
+    def __iter__(self) -> Iterator[str]:
+        for i, layer in enumerate(self._layers):
+            for name in getattr(layer, self._attr):
+                yield f"{i}.{name}"
+
+    def __len__(self) -> int:
+        return sum(len(getattr(layer, self._attr)) for layer in self._layers)
+
+
+class Sequential:
+    """A feed-forward network: layers applied in order.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+        For example ``[Dense(2, 100, activation=LeakyReLU(0.1)), Dense(100, 1)]``.
+    backend : str or namespace module, optional
+        ``"numpy"``, ``"cupy"``, ``"torch"``, ``"jax"``, ``"array_api_strict"`` or a
+        namespace module. Default: :func:`portanet.get_backend`.
+    device : optional
+        None (the backend's default), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a
+        device object of the backend.
+    dtype : {"float32", "float64"}
+        Floating dtype of parameters and activations.
+    seed : int, optional
+        Seeds the host RNG that draws initial weights, shuffles and dropout
+        masks. The same seed gives the same weights on every backend.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        backend: str | ModuleType | None = None,
+        device: Any = None,
+        dtype: str = "float32",
+        seed: int | None = None,
+    ):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is {type(layer).__name__}, not a portanet Layer")
+            if layer.ctx is not None:
+                raise ValueError(f"layer {i} ({layer!r}) already belongs to a network")
+            layer.index = i
+        self.layers = layers
+        self.in_features, self.out_features = self._check_chain()
+        self.xp = get_namespace(backend)
+        self.backend = backend_name(self.xp)
+        self.device = resolve_device(self.xp, device)
+        self.dtype = resolve_dtype(self.xp, dtype, self.device)
+        self.seed = seed
+        self.rng = host_rng(seed)
+        self.optimizer: O.Optimizer | None = None
+        ctx = self._context()
+        for layer in layers:
+            layer.build(ctx)
+
+    def _check_chain(self) -> tuple[int, int]:
+        features = None
+        for layer in self.layers:
+            features = layer.output_features(features)
+        first = next((getattr(lay, "in_features", None) for lay in self.layers
+                      if hasattr(lay, "in_features")), None)
+        if first is None or features is None:
+            raise ValueError("Sequential needs at least one Dense layer to fix its input size")
+        return first, features
+
+    def _context(self) -> Context:
+        return Context(self.xp, self.device, self.dtype, self.rng)
+
+    @property
+    def dtype_name(self) -> str:
+        return "float64" if self.dtype == self.xp.float64 else "float32"
+
+    # ---------------------------------------------------------- parameters --
+    def parameters(self) -> ParameterView:
+        """Ordered, live mapping ``"i.name" -> array`` (e.g. ``"0.weight"``, ``"0.bias"``)."""
+        return ParameterView(self.layers, "params")
+
+    def gradients(self) -> dict[str, Array]:
+        """Ordered mapping ``"i.name" -> gradient`` from the last :meth:`backward`."""
+        missing = [k for k in self.parameters() if k not in ParameterView(self.layers, "grads")]
+        if missing:
+            raise RuntimeError(f"no gradients yet for {missing}: call backward() first")
+        return dict(ParameterView(self.layers, "grads"))
+
+    def num_parameters(self) -> int:
+        return sum(_size(p) for p in self.parameters().values())
+
+    # ------------------------------------------------------------ data in --
+    def as_input(self, x: Any, what: str = "x") -> Array:
+        """Convert ``x`` to this network's namespace, device and dtype, checking its shape."""
+        a = to_array(x, self.xp, self.device, self.dtype, what=what)
+        if a.ndim != 2 or a.shape[1] != self.in_features:
+            raise ValueError(
+                f"{what}: {self.layers[0].label} expects a batch of shape "
+                f"(n, {self.in_features}), got {tuple(a.shape)}"
+            )
+        return a
+
+    def as_target(self, y: Any, n: int, loss: L.Loss) -> Array:
+        """Convert targets, keep integer class labels integral, and check them against ``loss``."""
+        a = to_array(y, self.xp, self.device, None, what="y")
+        labels = loss.accepts_labels and a.ndim == 1 and self.xp.isdtype(a.dtype, "integral")
+        if not labels:
+            a = self.xp.astype(a, self.dtype) if a.dtype != self.dtype else a
+        if a.ndim == 0 or a.shape[0] != n:
+            raise ValueError(
+                f"y has {a.shape[0] if a.ndim else 'no'} rows but x has {n}: "
+                "each sample needs one target"
+            )
+        loss.check_target((n, self.out_features), a)
+        return a
+
+    # ------------------------------------------------------------ compute --
+    def forward(self, x: Any, training: bool = False) -> Array:
+        """Run the layers; ``training=True`` enables dropout and keeps caches for backward."""
+        return self._forward_checked(self.as_input(x), training)
+
+    __call__ = forward
+
+    def predict(self, x: Any, batch_size: int | None = None) -> Array:
+        """Outputs in evaluation mode, computed ``batch_size`` rows at a time (None: all)."""
+        a = self.as_input(x)
+        n = a.shape[0]
+        if batch_size is None or batch_size >= n:
+            return self._forward_checked(a, False)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        parts = [self._forward_checked(a[i : i + batch_size, ...], False)
+                 for i in range(0, n, batch_size)]
+        return self.xp.concat(parts, axis=0)
+
+    def _forward_checked(self, a: Array, training: bool) -> Array:
+        for layer in self.layers:
+            a = layer.forward(a, training)
+        return a
+
+    def backward(self, grad_output: Array) -> Array:
+        """Backpropagate ``dL/d(output)``: fill every layer's gradients, return ``dL/d(input)``."""
+        g = grad_output
+        for layer in reversed(self.layers):
+            g = layer.backward(g)
+        return g
+
+    def train_step(
+        self,
+        x: Any,
+        y: Any,
+        loss: str | L.Loss,
+        optimizer: O.Optimizer,
+    ) -> Array:
+        """One forward, backward and optimizer update on the batch ``(x, y)``.
+
+        Returns the loss as a 0-d array on the device: nothing is synced with
+        the host. Inputs are checked before anything changes.
+        """
+        loss = L.get(loss)
+        if not isinstance(optimizer, O.Optimizer):
+            raise TypeError(f"optimizer must be a portanet Optimizer, got {type(optimizer).__name__}")
+        xa = self.as_input(x)
+        ya = self.as_target(y, xa.shape[0], loss)
+        pred = self._forward_checked(xa, True)
+        value = loss.value(pred, ya)
+        self.backward(loss.grad(pred, ya))
+        optimizer.step(self.parameters(), dict(ParameterView(self.layers, "grads")))
+        self.optimizer = optimizer
+        return value
+
+    # --------------------------------------------------------------- state --
+    def state_dict(self) -> dict[str, Any]:
+        """Host NumPy copies of the parameters, by name."""
+        return {name: to_numpy(p) for name, p in self.parameters().items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load parameters by name. Names and shapes must match exactly; on any
+        mismatch nothing is changed."""
+        params = self.parameters()
+        expected, given = set(params), set(state)
+        if expected != given:
+            raise ValueError(
+                f"load_state_dict: missing {sorted(expected - given)}, "
+                f"unexpected {sorted(given - expected)}"
+            )
+        new = {}
+        for name in params:
+            a = to_array(state[name], self.xp, self.device, self.dtype, what=name)
+            if tuple(a.shape) != tuple(params[name].shape):
+                raise ValueError(
+                    f"load_state_dict: {name} has shape {tuple(a.shape)}, "
+                    f"expected {tuple(params[name].shape)}"
+                )
+            new[name] = a
+        for name, a in new.items():
+            params[name] = a
+
+    def to(self, backend: str | ModuleType | None = None, device: Any = None) -> Sequential:
+        """Move parameters (and the optimizer state this network holds) to another
+        backend and/or device, in place. Returns ``self``."""
+        xp = self.xp if backend is None else get_namespace(backend)
+        dev = resolve_device(xp, device)
+        dtype = resolve_dtype(xp, self.dtype_name, dev)
+
+        def move(a: Array) -> Array:
+            return to_array(a, xp, dev, None)
+
+        params = self.parameters()
+        moved = {name: move(p) for name, p in params.items()}
+        self.xp, self.backend, self.device, self.dtype = xp, backend_name(xp), dev, dtype
+        ctx = self._context()
+        for layer in self.layers:
+            layer.ctx = ctx
+            layer.grads = {}
+        for name, a in moved.items():
+            params[name] = a
+        if self.optimizer is not None:
+            self.optimizer.map_state(move)
+        return self
+
+    # ------------------------------------------------------------ describe --
+    def config(self) -> dict[str, Any]:
+        """JSON-able architecture: layer configs, dtype and seed."""
+        return {"layers": [layer.config() for layer in self.layers], "dtype": self.dtype_name,
+                "seed": self.seed}
+
+    def summary(self) -> str:
+        """A table of layers, output shapes and parameter counts."""
+        rows = [("#", "layer", "output shape", "params")]
+        features = None
+        for i, layer in enumerate(self.layers):
+            features = layer.output_features(features)
+            count = sum(_size(p) for p in layer.params.values())
+            rows.append((str(i), repr(layer), f"(n, {features})", f"{count:,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+        rule = "-" * len(lines[0])
+        footer = (f"total parameters: {self.num_parameters():,}  "
+                  f"backend: {self.backend}  device: {self.device}  dtype: {self.dtype_name}")
+        return "\n".join([lines[0], rule, *lines[1:], rule, footer])
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([{inner}], backend={self.backend!r}, dtype={self.dtype_name!r})"
+
+
+def _size(a: Array) -> int:
+    n = 1
+    for s in a.shape:
+        n *= int(s)
+    return n
