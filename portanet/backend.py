@@ -17,6 +17,7 @@ from typing import Any
 
 import array_api_compat
 import numpy as np
+from array_api_compat import array_namespace
 
 __all__ = [
     "BACKENDS",
@@ -180,8 +181,10 @@ def resolve_device(xp: ModuleType, device: Any = None) -> Any:
 
             default = jax.devices()[0]
         return default
+    if name == "torch":  # torch lists exotic device types; any torch.device is fine
+        return device
     known = _devices(xp)
-    if known and device not in known and name != "torch":
+    if known and device not in known:
         raise ValueError(f"device {device!r} is not a device of backend {name!r}; it has {known}")
     return device
 
@@ -275,8 +278,8 @@ def _is_array_api_array(x: Any) -> bool:
 
 def to_numpy(x: Any) -> np.ndarray:
     """Return a host NumPy copy of ``x`` (any supported array, a list, or a scalar)."""
-    if isinstance(x, np.ndarray):
-        return x.copy()
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.array(x, copy=True)
     if array_api_compat.is_cupy_array(x):
         return x.get()
     if array_api_compat.is_torch_array(x):
@@ -308,17 +311,18 @@ def to_array(
     ``x`` may be a Python list or scalar, a NumPy array, or an array of any
     supported namespace. Arrays of another namespace go through DLPack where
     that works, and through a host copy where it does not (e.g. GPU to CPU).
+    Host data is cast on the host, so a device without float64 never sees it.
     """
-    if _is_array_api_array(x):
-        x_ns = array_api_compat.array_namespace(x)
-        if backend_name(x_ns) == backend_name(xp):
-            out = x
-        else:
-            out = _from_foreign(x, xp, device, what)
-        if not _is_numeric(xp, out.dtype):
-            raise TypeError(f"{what} must hold numbers, got an array of dtype {out.dtype}")
+    if isinstance(x, (np.ndarray, np.generic)) or not _is_array_api_array(x):
+        return _from_host_data(_host_numeric(x, what), xp, device, dtype)
+    if backend_name(array_namespace(x)) == backend_name(xp):
+        out = x
     else:
-        out = xp.asarray(_host_numeric(x, what), device=device)
+        out = _from_dlpack(x, xp, device)
+        if out is None:  # another device, or no DLPack: copy through the host
+            return _from_host_data(_host_numeric(to_numpy(x), what), xp, device, dtype)
+    if not _is_numeric(xp, out.dtype):
+        raise TypeError(f"{what} must hold numbers, got an array of dtype {out.dtype}")
     if array_api_compat.device(out) != device:
         out = array_api_compat.to_device(out, device)
     if dtype is not None and out.dtype != dtype:
@@ -326,18 +330,38 @@ def to_array(
     return out
 
 
+def _from_host_data(host: np.ndarray, xp: ModuleType, device: Any, dtype: Any) -> Any:
+    if dtype is not None:
+        host = host.astype(_host_dtype(xp, dtype), copy=False)
+    elif host.dtype.kind in "bf":  # keep float64 only where the device has it
+        host = host.astype(np.float64 if _has_float64(xp, device) else np.float32, copy=False)
+    return xp.asarray(host, device=device)
+
+
+def _host_dtype(xp: ModuleType, dtype: Any) -> Any:
+    for name in ("float32", "float64", "int64", "int32", "bool"):
+        if dtype == getattr(xp, name):
+            return np.dtype(name)
+    raise ValueError(f"unsupported dtype {dtype!r}")
+
+
+def _has_float64(xp: ModuleType, device: Any) -> bool:
+    try:
+        return "float64" in xp.__array_namespace_info__().dtypes(device=device)
+    except Exception:
+        return True
+
+
 def _is_numeric(xp: ModuleType, dtype: Any) -> bool:
     return xp.isdtype(dtype, ("bool", "integral", "real floating"))
 
 
-def _from_foreign(x: Any, xp: ModuleType, device: Any, what: str) -> Any:
+def _from_dlpack(x: Any, xp: ModuleType, device: Any) -> Any:
     try:
         out = xp.from_dlpack(x)
-        if array_api_compat.device(out) == device:
-            return out
     except Exception:  # DLPack refused: another device, or an old exporter
-        pass
-    return xp.asarray(_host_numeric(to_numpy(x), what), device=device)
+        return None
+    return out if array_api_compat.device(out) == device else None
 
 
 def host_rng(seed: int | None = None) -> np.random.Generator:

@@ -57,7 +57,8 @@ class Loss:
 
     def value(self, pred: Array, target: Array) -> Array:
         """The loss, a 0-d array in ``pred``'s namespace."""
-        return self.f(pred, target)
+        # NumPy reductions return scalars; asarray makes every backend return a 0-d array.
+        return array_namespace(pred).asarray(self.f(pred, target))
 
     def grad(self, pred: Array, target: Array) -> Array:
         """``dL/dpred``, shaped like ``pred``."""

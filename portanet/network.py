@@ -111,6 +111,8 @@ class Sequential:
         self.seed = seed
         self.rng = host_rng(seed)
         self.optimizer: O.Optimizer | None = None
+        self.epoch = 0  # epochs completed by fit; saved in checkpoints
+        self.stop_training = False  # callbacks set this to end fit after the epoch
         ctx = self._context()
         for layer in layers:
             layer.build(ctx)
@@ -220,12 +222,49 @@ class Sequential:
             raise TypeError(f"optimizer must be a portanet Optimizer, got {type(optimizer).__name__}")
         xa = self.as_input(x)
         ya = self.as_target(y, xa.shape[0], loss)
-        pred = self._forward_checked(xa, True)
-        value = loss.value(pred, ya)
-        self.backward(loss.grad(pred, ya))
+        value, _ = self._loss_and_gradients(xa, ya, loss)
+        self._apply_gradients(optimizer)
+        return value
+
+    def _loss_and_gradients(self, x: Array, y: Array, loss: L.Loss) -> tuple[Array, Array]:
+        """Forward in training mode, loss, and backward on checked device arrays.
+
+        Returns the loss (0-d) and the prediction; fills every layer's ``grads``.
+        """
+        pred = self._forward_checked(x, True)
+        value = loss.value(pred, y)
+        self.backward(loss.grad(pred, y))
+        return value, pred
+
+    def _apply_gradients(self, optimizer: O.Optimizer) -> None:
         optimizer.step(self.parameters(), dict(ParameterView(self.layers, "grads")))
         self.optimizer = optimizer
-        return value
+
+    def fit(self, x: Any, y: Any, **kwargs: Any) -> Any:
+        """Train on ``(x, y)``; returns a :class:`~portanet.training.History`.
+
+        Keyword arguments (see :func:`portanet.training.fit`): ``loss``,
+        ``optimizer``, ``epochs=1``, ``batch_size=32`` (None: full batch),
+        ``shuffle=True``, ``validation_data=None``, ``validation_split=0.0``,
+        ``metrics=()``, ``callbacks=()``, ``verbose=1`` (0 silent, 1 a tqdm bar
+        per epoch, 2 a line per epoch), ``initial_epoch=0``, ``check_finite=1``.
+        """
+        from .training import fit
+
+        return fit(self, x, y, **kwargs)
+
+    def evaluate(self, x: Any, y: Any, **kwargs: Any) -> dict[str, float]:
+        """Loss and metrics on ``(x, y)`` as a dict of floats (``loss=``, ``metrics=``,
+        ``batch_size=256``)."""
+        from .training import evaluate
+
+        return evaluate(self, x, y, **kwargs)
+
+    def save(self, path: Any, optimizer: O.Optimizer | None = None) -> None:
+        """Write a checkpoint (see :func:`portanet.io.save`); atomic."""
+        from .io import save
+
+        save(self, path, optimizer=optimizer)
 
     # --------------------------------------------------------------- state --
     def state_dict(self) -> dict[str, Any]:

@@ -60,13 +60,25 @@ class Optimizer:
         Clip the global gradient norm to this value before the update.
     clip_value : float, optional
         Clip each gradient element to ``[-clip_value, clip_value]``.
+    initial_lr : float, optional
+        The learning rate that schedules start from (default: ``lr``).
     """
 
     #: the per-parameter state arrays this optimizer keeps
     slots: tuple[str, ...] = ()
 
-    def __init__(self, lr: float, *, clip_norm: float | None = None, clip_value: float | None = None):
+    def __init__(
+        self,
+        lr: float,
+        *,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
+        initial_lr: float | None = None,
+    ):
         self.lr = _positive_float("lr", lr, allow_zero=True)
+        # Schedules scale the learning rate the optimizer was built with; it is
+        # saved with the optimizer so that a resumed run follows the same schedule.
+        self.initial_lr = self.lr if initial_lr is None else _positive_float("initial_lr", initial_lr)
         self.clip_norm = None if clip_norm is None else _positive_float("clip_norm", clip_norm)
         self.clip_value = None if clip_value is None else _positive_float("clip_value", clip_value)
         self.step_count = 0
@@ -101,7 +113,8 @@ class Optimizer:
     # -- state -----------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Hyperparameters as JSON-able values; ``type(self)(**config)`` rebuilds it."""
-        return {"lr": self.lr, "clip_norm": self.clip_norm, "clip_value": self.clip_value}
+        return {"lr": self.lr, "clip_norm": self.clip_norm, "clip_value": self.clip_value,
+                "initial_lr": self.initial_lr}
 
     def state_dict(self) -> dict[str, Any]:
         """``{"step": int, "state": {param_name: {slot: numpy array}}}``, on the host."""

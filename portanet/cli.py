@@ -1,0 +1,232 @@
+"""The ``portanet`` command: ``demo``, ``train``, ``evaluate`` and ``backends``.
+
+User mistakes (a bad flag, a missing file, a missing extra) print one line
+and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import numpy as np
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake on the command line: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _hidden_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 128,64, got {text!r}") from None
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def _add_backend_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default=None,
+                   help="numpy, cupy, torch, jax or array_api_strict (default: PORTANET_BACKEND or numpy)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the backend's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="portanet", description="Train and inspect portanet networks.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"portanet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="the notebook's AND network, trained in seconds")
+    _add_backend_options(demo)
+    demo.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    demo.add_argument("--seed", type=int, default=0)
+
+    train = sub.add_parser("train", help="train a classifier on a dataset")
+    train.add_argument("--dataset", default="digits", choices=["digits", "mnist", "xor", "spirals"])
+    train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64],
+                       help="hidden layer sizes, e.g. 128,64")
+    train.add_argument("--activation", default="relu",
+                       choices=["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid",
+                                "softplus"])
+    train.add_argument("--dropout", type=_probability, default=0.1)
+    train.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
+    train.add_argument("--lr", type=_positive(float), default=1e-3)
+    train.add_argument("--epochs", type=_positive(int), default=40)
+    train.add_argument("--batch-size", type=_positive(int), default=64)
+    _add_backend_options(train)
+    train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--save", default=None, metavar="PATH", help="write a checkpoint (.npz)")
+    train.add_argument("--plot", default=None, metavar="PATH", help="write the training curves (PNG)")
+    train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+
+    evaluate = sub.add_parser("evaluate", help="test accuracy of a saved checkpoint")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--dataset", default="digits", choices=["digits", "mnist", "xor", "spirals"])
+    evaluate.add_argument("--seed", type=int, default=None,
+                          help="seed of the train/test split (default: the checkpoint's)")
+    _add_backend_options(evaluate)
+
+    sub.add_parser("backends", help="which backends are installed, their devices and GPUs")
+    return parser
+
+
+# ----------------------------------------------------------------- data ----
+
+
+def load_dataset(name: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_test, y_test)`` with integer labels, standardized inputs."""
+    from . import datasets
+
+    if name == "mnist":
+        (x_tr, y_tr), (x_te, y_te) = datasets.mnist()
+        return x_tr, y_tr, x_te, y_te
+    if name == "digits":
+        x, y = datasets.digits()
+    elif name == "xor":
+        x, y = datasets.logic_gate("xor", n=2000, seed=seed)
+        y = y.reshape(-1).astype(np.int64)
+    else:
+        x, y = datasets.spirals(300, classes=3, noise=0.2, seed=seed)
+    x_tr, x_te, y_tr, y_te = datasets.train_test_split(x, y, test_size=0.2, seed=seed,
+                                                       stratify=True)
+    x_tr, x_te = datasets.standardize(x_tr, x_te)
+    return x_tr, y_tr, x_te, y_te
+
+
+# ------------------------------------------------------------- commands ----
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import print_truth_table, train_and_gate
+
+    print_truth_table(train_and_gate(args.backend, args.device, args.dtype, args.seed))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import Dense, Dropout, Sequential, optim
+
+    x_tr, y_tr, x_te, y_te = load_dataset(args.dataset, args.seed)
+    classes = int(max(y_tr.max(), y_te.max())) + 1
+    layers: list[Any] = []
+    width = x_tr.shape[1]
+    for size in args.hidden:
+        layers.append(Dense(width, size, activation=args.activation, init="he_normal"))
+        if args.dropout:
+            layers.append(Dropout(args.dropout))
+        width = size
+    layers.append(Dense(width, classes))
+    net = Sequential(layers, backend=args.backend, device=args.device, dtype=args.dtype,
+                     seed=args.seed)
+    optimizer = optim.get(args.optimizer, lr=args.lr)
+    print(f"portanet train: {args.dataset} ({len(x_tr)} train, {len(x_te)} test), "
+          f"backend {net.backend} on {net.device}, {net.dtype_name}")
+    start = time.perf_counter()
+    history = net.fit(x_tr, y_tr, loss="cross_entropy", optimizer=optimizer, epochs=args.epochs,
+                      batch_size=args.batch_size, validation_data=(x_te, y_te),
+                      metrics=["accuracy"], verbose=args.verbose)
+    seconds = time.perf_counter() - start
+    result = net.evaluate(x_te, y_te, loss="cross_entropy", metrics=["accuracy"])
+    print(f"test accuracy: {result['accuracy']:.4f}  test loss: {result['loss']:.4f}  "
+          f"time: {seconds:.1f} s")
+    if args.save:
+        net.save(args.save, optimizer=optimizer)
+        print(f"saved {args.save}")
+    if args.plot:
+        history.plot(args.plot)
+        print(f"plotted {args.plot}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .io import load
+
+    net = load(args.checkpoint, backend=args.backend, device=args.device)
+    seed = args.seed if args.seed is not None else (net.seed or 0)
+    _, _, x_te, y_te = load_dataset(args.dataset, seed)
+    if x_te.shape[1] != net.in_features:
+        raise UsageError(f"portanet evaluate: {args.checkpoint} takes {net.in_features} features "
+                         f"but dataset {args.dataset!r} has {x_te.shape[1]}")
+    result = net.evaluate(x_te, y_te, loss="cross_entropy", metrics=["accuracy"])
+    print(f"test accuracy: {result['accuracy']:.4f}  test loss: {result['loss']:.4f}  "
+          f"({len(x_te)} samples, backend {net.backend})")
+    return 0
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from .backend import available_backends
+
+    rows = [("backend", "installed", "version", "devices", "GPU", "note")]
+    for info in available_backends():
+        rows.append((info.name, "yes" if info.installed else "no", info.version or "-",
+                     ", ".join(info.devices) or "-", "yes" if info.gpu else "no", info.note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate,
+            "backends": cmd_backends}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``portanet`` console script and ``python -m portanet``."""
+    from .training import TrainingDivergedError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"portanet: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ImportError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, TrainingDivergedError):
+            print(f"portanet: {exc}", file=sys.stderr)
+            return 1
+        print(f"portanet: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("portanet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
