@@ -248,6 +248,9 @@ def load(
     ------
     FileNotFoundError
         No file at ``path`` (other OS errors reading it also pass through).
+    ValueError, ImportError, RuntimeError
+        ``backend`` or ``device`` cannot be used (as for ``Sequential``), or the
+        device lacks the saved dtype (a float64 checkpoint on a float32-only device).
     CheckpointError
         The file is not a valid portanet checkpoint: truncated, corrupted, a
         foreign file, holding pickled objects, parameters not matching the
@@ -369,8 +372,10 @@ def _unzip(data: bytes) -> dict[str, bytes]:
             key = info.filename[: -len(".npy")]
             if key in members:
                 raise CheckpointError(f"archive member {info.filename!r} appears twice")
-            if info.file_size > 4 * len(data) + (1 << 20):
-                # Stored members cannot outgrow the file; refuse to inflate a bomb.
+            # A stored member cannot outgrow the file, nor can deflate expand more
+            # than ~1032:1; a larger claim is damage (or a zip bomb), not a checkpoint.
+            ratio = 1 if info.compress_type == zipfile.ZIP_STORED else 1100
+            if info.file_size > ratio * len(data) + (1 << 20):
                 raise CheckpointError(f"archive member {info.filename!r} claims an absurd size")
             members[key] = zf.read(info)  # verifies the member's CRC-32
     if _META_KEY not in members:

@@ -108,7 +108,8 @@ def test_file_is_a_plain_npz_with_json_metadata(checkpoint):
     with np.load(path, allow_pickle=False) as f:
         assert f["__portanet__"].dtype == np.uint8
         meta = json.loads(f["__portanet__"].tobytes())
-        np.testing.assert_array_equal(f["param/0.weight"], pn.to_numpy(net.parameters()["0.weight"]))
+        weight = pn.to_numpy(net.parameters()["0.weight"])
+        np.testing.assert_array_equal(f["param/0.weight"], weight)
         assert f["optim/2.bias/exp_avg_sq"].shape == (2,)
     assert meta["format_version"] == FORMAT_VERSION
     assert meta["portanet_version"] == pn.__version__
@@ -430,7 +431,19 @@ def test_flipped_bytes_are_detected_or_harmless(checkpoint, tmp_path):
         except CheckpointError:
             detected += 1
             continue
-        # A flip in a zip field nobody reads (a timestamp, say) may pass; the content may not change.
+        # A flip in a zip field nobody reads (a timestamp, say) may pass;
+        # the content may not change.
         _assert_same_params(back, net)
         assert read_metadata(bad) == meta
     assert detected >= 40  # most bytes are array data or JSON, covered by the zip CRC
+
+
+def test_float64_checkpoint_on_a_float32_only_device(xp, tmp_path):
+    from conftest import has_float64
+
+    ns, device = xp
+    if has_float64(ns, device):
+        pytest.skip("this device has float64")
+    save(_net("numpy", None, "float64"), tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="float64"):
+        load(tmp_path / "m.npz", backend=ns, device=device)
