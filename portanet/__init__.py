@@ -5,7 +5,7 @@
 ...                     backend="numpy", seed=0)
 """
 
-from . import activations, initializers, losses, optim
+from . import activations, datasets, initializers, losses, optim, training
 from ._version import __version__
 from .activations import Activation
 from .backend import (
@@ -15,6 +15,7 @@ from .backend import (
     set_backend,
     to_numpy,
 )
+from .io import CheckpointError, load
 from .layers import (
     ELU,
     GELU,
@@ -24,8 +25,8 @@ from .layers import (
     Layer,
     LeakyReLU,
     ReLU,
-    SiLU,
     Sigmoid,
+    SiLU,
     Softmax,
     Softplus,
     Tanh,
@@ -33,9 +34,23 @@ from .layers import (
 from .losses import MAE, MSE, BCEWithLogits, CrossEntropy, Huber, Loss
 from .network import Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
+from .training import (
+    CosineAnnealing,
+    EarlyStopping,
+    ExponentialLR,
+    History,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    StepLR,
+    TrainingDivergedError,
+)
 
 __all__ = [
     "ELU", "GELU", "MAE", "MSE", "SGD", "Activation", "Adam", "AdamW", "BCEWithLogits",
+    "CheckpointError", "CosineAnnealing", "EarlyStopping", "ExponentialLR", "History",
+    "LearningRateScheduler", "ModelCheckpoint", "ReduceLROnPlateau", "StepLR",
+    "TrainingDivergedError", "datasets", "load", "training",
     "CrossEntropy", "Dense", "Dropout", "Huber", "Identity", "Layer", "LeakyReLU", "Loss",
     "Optimizer", "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh",
     "__version__", "activations", "available_backends", "get_backend", "get_namespace",

@@ -304,7 +304,8 @@ def _host_numeric(x: Any, what: str) -> np.ndarray:
 
 
 def to_array(
-    x: Any, xp: ModuleType, device: Any, dtype: Any = None, *, what: str = "input"
+    x: Any, xp: ModuleType, device: Any, dtype: Any = None, *, what: str = "input",
+    copy: bool = False,
 ) -> Any:
     """Convert ``x`` to an array of ``xp`` on ``device`` (and of ``dtype`` if given).
 
@@ -312,9 +313,12 @@ def to_array(
     supported namespace. Arrays of another namespace go through DLPack where
     that works, and through a host copy where it does not (e.g. GPU to CPU).
     Host data is cast on the host, so a device without float64 never sees it.
+    With ``copy=True`` the result never shares memory with ``x`` (parameters
+    are updated in place, so they must not alias a caller's array).
     """
     if isinstance(x, (np.ndarray, np.generic)) or not _is_array_api_array(x):
-        return _from_host_data(_host_numeric(x, what), xp, device, dtype)
+        host = _host_numeric(x, what)
+        return _from_host_data(host.copy() if copy else host, xp, device, dtype)
     if backend_name(array_namespace(x)) == backend_name(xp):
         out = x
     else:
@@ -327,14 +331,16 @@ def to_array(
         out = array_api_compat.to_device(out, device)
     if dtype is not None and out.dtype != dtype:
         out = xp.astype(out, dtype)
+    elif copy and out is x:
+        out = xp.asarray(out, copy=True)
     return out
 
 
 def _from_host_data(host: np.ndarray, xp: ModuleType, device: Any, dtype: Any) -> Any:
     if dtype is not None:
         host = host.astype(_host_dtype(xp, dtype), copy=False)
-    elif host.dtype.kind in "bf":  # keep float64 only where the device has it
-        host = host.astype(np.float64 if _has_float64(xp, device) else np.float32, copy=False)
+    elif host.dtype == np.float64 and not _has_float64(xp, device):
+        host = host.astype(np.float32)  # e.g. array-api-strict's no_float64 device
     return xp.asarray(host, device=device)
 
 

@@ -189,7 +189,7 @@ class Sequential:
             return self._forward_checked(a, False)
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        parts = [self._forward_checked(a[i : i + batch_size, ...], False)
+        parts = [self._forward_checked(a[i : min(i + batch_size, n), ...], False)
                  for i in range(0, n, batch_size)]
         return self.xp.concat(parts, axis=0)
 
@@ -283,7 +283,7 @@ class Sequential:
             )
         new = {}
         for name in params:
-            a = to_array(state[name], self.xp, self.device, self.dtype, what=name)
+            a = to_array(state[name], self.xp, self.device, self.dtype, what=name, copy=True)
             if tuple(a.shape) != tuple(params[name].shape):
                 raise ValueError(
                     f"load_state_dict: {name} has shape {tuple(a.shape)}, "

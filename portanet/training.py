@@ -325,7 +325,8 @@ class CosineAnnealing(Schedule):
     def __init__(self, total_steps: int, eta_min: float = 0.0, warmup_steps: int = 0):
         if total_steps <= warmup_steps:
             raise ValueError("CosineAnnealing: total_steps must exceed warmup_steps")
-        self.total_steps, self.eta_min, self.warmup_steps = int(total_steps), float(eta_min), int(warmup_steps)
+        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
+        self.eta_min = float(eta_min)
 
     def __call__(self, t: int, initial_lr: float) -> float:
         if t < self.warmup_steps:

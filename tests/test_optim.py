@@ -1,0 +1,133 @@
+"""Optimizers on every backend against NumPy: values, state, clipping, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _util import assert_on, host, put
+
+import portanet as pn
+from portanet.testing import assert_close
+
+CONFIGS = {
+    "sgd": lambda: pn.SGD(lr=0.1),
+    "sgd_momentum": lambda: pn.SGD(lr=0.1, momentum=0.9),
+    "sgd_nesterov": lambda: pn.SGD(lr=0.1, momentum=0.9, nesterov=True),
+    "sgd_decay": lambda: pn.SGD(lr=0.1, weight_decay=0.01),
+    "adam": lambda: pn.Adam(lr=0.01),
+    "adam_amsgrad": lambda: pn.Adam(lr=0.01, amsgrad=True),
+    "adam_decay": lambda: pn.Adam(lr=0.01, weight_decay=0.01),
+    "adamw": lambda: pn.AdamW(lr=0.01, weight_decay=0.1),
+    "adam_clip_norm": lambda: pn.Adam(lr=0.01, clip_norm=0.5),
+    "sgd_clip_value": lambda: pn.SGD(lr=0.1, clip_value=0.05),
+}
+
+
+def _run(opt, params_host, grads_host, to_device):
+    """Apply len(grads_host) steps; return the final parameters on the host."""
+    params = {k: to_device(v.copy()) for k, v in params_host.items()}  # updated in place
+    for grads in grads_host:
+        opt.step(params, {k: to_device(v) for k, v in grads.items()})
+    return params
+
+
+def _problem(steps=15):
+    rng = np.random.default_rng(0)
+    params = {"0.weight": rng.normal(size=(4, 3)), "0.bias": rng.normal(size=3)}
+    grads = [{k: rng.normal(size=v.shape) for k, v in params.items()} for _ in range(steps)]
+    return params, grads
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_optimizer_matches_numpy(xp, dtype, name):
+    xs, device = xp
+    params, grads = _problem()
+    got = _run(CONFIGS[name](), params, grads, lambda a: put(xs, device, a, dtype))
+    ref = _run(CONFIGS[name](), params, grads, lambda a: np.asarray(a, dtype=dtype))
+    for k in params:
+        assert_on(xs, device, got[k], dtype, params[k].shape)
+        assert_close(got[k], ref[k], dtype, scale=50, err_msg=f"{name} {k}")
+
+
+def _adam_reference(p, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam as written in Kingma & Ba (2015), in float64 NumPy."""
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps * 0)
+    return p
+
+
+def test_adam_follows_the_paper_when_eps_is_zero(xp, float64):
+    xs, device = xp
+    params, grads = _problem()
+    got = _run(pn.Adam(lr=0.01, eps=0.0), params, grads, lambda a: put(xs, device, a, "float64"))
+    expected = _adam_reference(params["0.weight"], [g["0.weight"] for g in grads], 0.01)
+    assert_close(got["0.weight"], expected, "float64", scale=100)
+
+
+def test_sgd_momentum_by_hand():
+    p = {"w": np.array([1.0])}
+    opt = pn.SGD(lr=0.5, momentum=0.9)
+    opt.step(p, {"w": np.array([1.0])})  # b = 1,     p = 1 - 0.5
+    opt.step(p, {"w": np.array([1.0])})  # b = 1.9,   p = 0.5 - 0.95
+    np.testing.assert_allclose(p["w"], [-0.45])
+
+
+def test_clip_by_global_norm_scales_all_gradients_together():
+    g = {"a": np.array([3.0]), "b": np.array([4.0])}
+    out = pn.optim.clip_by_global_norm(g, 1.0)
+    np.testing.assert_allclose([out["a"][0], out["b"][0]], [0.6, 0.8], rtol=1e-6)
+    same = pn.optim.clip_by_global_norm(g, 10.0)
+    np.testing.assert_allclose(same["a"], [3.0])
+
+
+def test_state_dict_round_trip_continues_identically(xp, dtype):
+    xs, device = xp
+    params, grads = _problem(10)
+    dev = lambda a: put(xs, device, a, dtype)  # noqa: E731
+    straight = _run(pn.Adam(lr=0.01, amsgrad=True), params, grads, dev)
+
+    first = pn.Adam(lr=0.01, amsgrad=True)
+    half = _run(first, params, grads[:5], dev)
+    saved = first.state_dict()
+    assert saved["step"] == 5 and set(saved["state"]) == set(params)
+    assert set(saved["state"]["0.weight"]) == {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert isinstance(saved["state"]["0.weight"]["exp_avg"], np.ndarray)
+    second = pn.Adam(lr=0.01, amsgrad=True)
+    second.load_state_dict(saved)
+    for g in grads[5:]:
+        second.step(half, {k: dev(v) for k, v in g.items()})
+    for k in params:
+        assert_on(xs, device, second.state["exp_avg"][k], dtype)
+        np.testing.assert_array_equal(host(half[k]), host(straight[k]))
+
+
+def test_bad_state_dict_changes_nothing():
+    opt = pn.Adam()
+    opt.step({"w": np.ones(2)}, {"w": np.ones(2)})
+    with pytest.raises(ValueError, match="bad state"):
+        opt.load_state_dict({"step": 3, "state": {"w": {"momentum": np.zeros(2)}}})
+    assert opt.step_count == 1 and "w" in opt.state["exp_avg"]
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: pn.SGD(lr=-1.0), "lr must be >= 0"),
+    (lambda: pn.SGD(lr=float("nan")), "lr must be a finite number"),
+    (lambda: pn.SGD(lr=0.1, momentum=1.0), r"momentum must be in \[0, 1\)"),
+    (lambda: pn.SGD(lr=0.1, nesterov=True), "nesterov=True needs momentum"),
+    (lambda: pn.Adam(betas=(0.9,)), "betas must be a pair"),
+    (lambda: pn.Adam(eps=-1.0), "eps must be >= 0"),
+    (lambda: pn.Adam(clip_norm=0.0), "clip_norm must be > 0"),
+    (lambda: pn.optim.get("rmsprop"), "unknown optimizer"),
+])
+def test_bad_hyperparameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_missing_gradient_is_an_error():
+    with pytest.raises(KeyError, match="no gradient for parameters"):
+        pn.SGD(lr=0.1).step({"w": np.ones(2)}, {})
