@@ -443,7 +443,8 @@ def _inspect(name: str) -> BackendInfo:
             info.devices = [str(d) for d in module.devices()]
             info.gpu = any(d.platform == "gpu" for d in module.devices())
         elif name == "array_api_strict":
-            info.devices = [str(d) for d in module.__array_namespace_info__().devices()]
+            info.devices = [getattr(d, "_device", str(d))
+                            for d in module.__array_namespace_info__().devices()]
         else:
             info.devices = ["cpu"]
     except Exception as exc:

@@ -43,6 +43,16 @@ def _probability(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _positive(kind: type) -> Any:
     def parse(text: str) -> Any:
         try:
@@ -81,9 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--activation", default="relu",
                        choices=["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid",
                                 "softplus"])
-    train.add_argument("--dropout", type=_probability, default=0.1)
-    train.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
-    train.add_argument("--lr", type=_positive(float), default=1e-3)
+    train.add_argument("--dropout", type=_probability, default=0.2)
+    train.add_argument("--optimizer", default="adamw", choices=["sgd", "adam", "adamw"])
+    train.add_argument("--lr", type=_positive(float), default=3e-3)
+    train.add_argument("--weight-decay", type=_non_negative, default=5e-2,
+                       help="AdamW's decoupled decay, or the L2 penalty of sgd and adam")
+    train.add_argument("--label-smoothing", type=_probability, default=0.1)
+    train.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
+                       help="cosine: 50 warm-up steps, then cosine decay to 0")
     train.add_argument("--epochs", type=_positive(int), default=40)
     train.add_argument("--batch-size", type=_positive(int), default=64)
     _add_backend_options(train)
@@ -138,7 +153,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import Dense, Dropout, Sequential, optim
+    from . import CosineAnnealing, CrossEntropy, Dense, Dropout, LearningRateScheduler, Sequential, optim
 
     x_tr, y_tr, x_te, y_te = load_dataset(args.dataset, args.seed)
     classes = int(max(y_tr.max(), y_te.max())) + 1
@@ -152,13 +167,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     layers.append(Dense(width, classes))
     net = Sequential(layers, backend=args.backend, device=args.device, dtype=args.dtype,
                      seed=args.seed)
-    optimizer = optim.get(args.optimizer, lr=args.lr)
+    optimizer = optim.get(args.optimizer, lr=args.lr, weight_decay=args.weight_decay)
+    callbacks = []
+    if args.schedule == "cosine":
+        steps = args.epochs * -(-len(x_tr) // args.batch_size)
+        warmup = min(50, steps // 10)
+        callbacks.append(LearningRateScheduler(CosineAnnealing(steps, warmup_steps=warmup)))
+    loss = CrossEntropy(label_smoothing=args.label_smoothing)
     print(f"portanet train: {args.dataset} ({len(x_tr)} train, {len(x_te)} test), "
           f"backend {net.backend} on {net.device}, {net.dtype_name}")
     start = time.perf_counter()
-    history = net.fit(x_tr, y_tr, loss="cross_entropy", optimizer=optimizer, epochs=args.epochs,
+    history = net.fit(x_tr, y_tr, loss=loss, optimizer=optimizer, epochs=args.epochs,
                       batch_size=args.batch_size, validation_data=(x_te, y_te),
-                      metrics=["accuracy"], verbose=args.verbose)
+                      metrics=["accuracy"], callbacks=callbacks, verbose=args.verbose)
     seconds = time.perf_counter() - start
     result = net.evaluate(x_te, y_te, loss="cross_entropy", metrics=["accuracy"])
     print(f"test accuracy: {result['accuracy']:.4f}  test loss: {result['loss']:.4f}  "
@@ -215,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        print(f"portanet: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"portanet: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_USAGE
     except (ImportError, ValueError, RuntimeError) as exc:
         if isinstance(exc, TrainingDivergedError):
