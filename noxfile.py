@@ -30,7 +30,9 @@ CUPY_EXTRA = os.environ.get("PORTANET_CUPY_EXTRA", "cuda12")
 
 def _pytest(session: nox.Session, backend: str, *extras: str) -> None:
     session.install("-e", f".[{','.join(('test', 'datasets', 'plot') + extras)}]")
-    env = {"PORTANET_TEST_BACKEND": backend, "JAX_ENABLE_X64": "1"}
+    # One BLAS/OpenMP thread: on a small shared CI machine torch's thread pool and
+    # OpenBLAS slow each other down badly, and the tests time nothing.
+    env = {"PORTANET_TEST_BACKEND": backend, "JAX_ENABLE_X64": "1", "OMP_NUM_THREADS": "1"}
     # Exit code 5 means pytest collected nothing: say so rather than fail, so a
     # backend whose tests all skip is visible without breaking the matrix.
     code = session.run("pytest", "-q", *session.posargs, env=env, success_codes=[0, 5])
@@ -86,3 +88,16 @@ def tests_cupy(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
     session.run("ruff", "check", "portanet", "tests", "bench", "examples", "noxfile.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The CPU subset of the training-step benchmark; on demand only (``nox -s bench``).
+
+    Runs ``bench/train_step.py --quick`` (a few minutes on 2 cores) and writes
+    ``bench/results/<machine-tag>/quick/``. Arguments after ``--`` go to the
+    script, e.g. ``nox -s bench -- --frameworks portanet-numpy,torch``.
+    """
+    session.install(TORCH_SPEC)
+    session.install("-e", ".[torch,jax,strict,plot]", "threadpoolctl")
+    session.run("python", "bench/train_step.py", "--quick", *session.posargs)

@@ -9,13 +9,16 @@ parameters (moved to the device with ``xp.asarray``). Results are compared with
 Kinks (relu and leaky relu at 0, MAE at 0, Huber at ``|d| = delta``) would
 make central differences wrong, so the inputs are chosen away from them:
 the fixed tests draw values away from the kink by construction, and the
-property tests discard (``assume``) draws that come close to one.
+property tests discard (``assume``) draws that come close to one. They also
+discard draws whose gradient is too small for a float64 central difference to
+resolve (see :func:`resolvable`).
 
 Every test runs on the session's backend (the ``xp`` fixture) in float64.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -139,18 +142,37 @@ def assert_each_array(results) -> None:
         assert err <= FINITE_DIFFERENCE_RTOL, f"{name}: norm-relative error {err:.3g}"
 
 
-def assert_whole_gradient(results) -> None:
-    """The gradient as one vector (input and parameters together).
+# A central difference carries the rounding of two loss values. Measured on
+# every backend, its error is about 0.25 (at most 1.3) times FD_ROUNDING * |L|
+# per entry, eps being the float64 machine epsilon.
+FD_ROUNDING = float(np.finfo(np.float64).eps) / H
 
-    Deep stacks of saturating units (five sigmoids) shrink early gradients to
-    ~1e-6, below the rounding noise of an FD on an O(1) loss (~1e-10); a
-    per-array bound would then test the FD, not the gradient.
+
+def resolvable(grad: np.ndarray, loss_value: float) -> bool:
+    """Whether central differences can check ``grad`` to ``FINITE_DIFFERENCE_RTOL``.
+
+    The allowed error must be at least twice ``sqrt(k) * FD_ROUNDING * |L|``
+    for ``k`` entries. A mean over many elements, or deep stacks of saturating
+    units (five sigmoids), can shrink a gradient below that: a finite
+    difference would then test its own rounding.
+    """
+    noise = np.sqrt(grad.size) * FD_ROUNDING * abs(loss_value)
+    return bool(np.linalg.norm(grad) * FINITE_DIFFERENCE_RTOL >= 2.0 * noise)
+
+
+def assert_resolvable_arrays(results, loss_value: float) -> None:
+    """Check every array that FD can resolve, and the gradient as one vector.
+
+    Draws whose whole gradient is below the FD's resolution are discarded.
     """
     fd = np.concatenate([r[0] for r in results.values()])
     grad = np.concatenate([r[1] for r in results.values()])
+    assume(resolvable(grad, loss_value))
     err = norm_rel_diff(grad, fd)
-    worst = max(results, key=lambda k: norm_rel_diff(results[k][1], results[k][0]))
-    assert err <= FINITE_DIFFERENCE_RTOL, f"norm-relative error {err:.3g} (worst array {worst})"
+    assert err <= FINITE_DIFFERENCE_RTOL, f"whole gradient: norm-relative error {err:.3g}"
+    assert_each_array(
+        {k: r for k, r in results.items() if resolvable(r[1], loss_value)}
+    )
 
 
 # ------------------------------------------------------------- inputs ----
@@ -240,7 +262,7 @@ def _loss_inputs(name: str, rng, n=8, k=5):
     if name == "mae":  # residuals at least 0.1 from the kink at 0
         target = pred - away_from_zero(rng, (n, k), 0.1, 2.0)
     if name == "huber":  # residuals at least 0.1 from the kinks at |d| = delta
-        delta = 0.5
+        delta = LOSSES["huber"]().delta
         mag = np.where(rng.random((n, k)) < 0.5, rng.uniform(0.0, delta - 0.1, (n, k)),
                        rng.uniform(delta + 0.1, 3.0, (n, k)))
         target = pred - rng.choice([-1.0, 1.0], size=(n, k)) * mag
@@ -398,8 +420,12 @@ def build_from_spec(spec, xp) -> pn.Sequential:
     return build(layers, xp, seed=spec["seed"])
 
 
+# JAX compiles every op anew for each new shape (~25 ms apiece), so a drawn
+# network costs it ~2 s against milliseconds elsewhere: it draws fewer.
+EXAMPLES = 10 if os.environ.get("PORTANET_TEST_BACKEND") == "jax" else 40
+
 PROPERTY_SETTINGS = settings(
-    max_examples=25,
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -418,7 +444,8 @@ def test_random_networks_match_finite_differences(xp, float64, spec):
     assume(kink_distance(net, x, y, loss) > KINK_MARGIN)
     results = network_gradcheck(net, x, y, loss, max_entries=6, seed=spec["seed"])
     assert set(results) == {"x", *net.parameters()}
-    assert_whole_gradient(results)
+    loss_value = float(loss.value(net.forward(x, training=True), net.as_target(y, len(x), loss)))
+    assert_resolvable_arrays(results, loss_value)
 
 
 @PROPERTY_SETTINGS
@@ -440,6 +467,6 @@ def test_random_loss_shapes_match_finite_differences(xp, float64, name, n, k, se
         return float(loss.value(xp_.asarray(p_host, device=device), t_dev))
 
     analytic = to_numpy(loss.grad(xp_.asarray(pred, device=device), t_dev)).reshape(-1)[idx]
-    assert norm_rel_diff(analytic, central_differences(value, pred, idx)) <= (
-        FINITE_DIFFERENCE_RTOL
-    )
+    assume(resolvable(analytic, value(pred)))
+    err = norm_rel_diff(analytic, central_differences(value, pred, idx))
+    assert err <= FINITE_DIFFERENCE_RTOL
