@@ -28,6 +28,8 @@ __all__ = [
     "get_namespace",
     "host_rng",
     "host_zeros",
+    "is_host_array",
+    "namespace_of",
     "resolve_device",
     "resolve_dtype",
     "set_backend",
@@ -389,6 +391,36 @@ def from_host(a: np.ndarray, xp: ModuleType, device: Any, dtype: Any) -> Any:
     if xp.isdtype(dtype, "integral"):
         np_dtype = np.int64
     return xp.asarray(np.ascontiguousarray(a, dtype=np_dtype), device=device)
+
+
+# --------------------------------------------------- per-array lookups ----
+
+_NAMESPACE_BY_TYPE: dict[type, ModuleType] = {}
+
+
+def namespace_of(x: Any) -> ModuleType:
+    """``array_namespace(x)``, memoized by the array's type.
+
+    Math code asks for the namespace of its inputs on every call; the full
+    lookup costs microseconds, which add up to much of a small network's step.
+    """
+    xp = _NAMESPACE_BY_TYPE.get(type(x))
+    if xp is None:
+        xp = array_namespace(x)
+        _NAMESPACE_BY_TYPE[type(x)] = xp
+    return xp
+
+
+def is_host_array(x: Any) -> bool:
+    """Whether ``x`` lives in host memory (NumPy, or torch/JAX/strict arrays on the CPU)."""
+    if isinstance(x, np.ndarray):
+        return True
+    if array_api_compat.is_cupy_array(x):
+        return False
+    if array_api_compat.is_torch_array(x):
+        return x.device.type == "cpu"
+    dev = array_api_compat.device(x)
+    return getattr(dev, "platform", "cpu") == "cpu" if not isinstance(dev, str) else dev == "cpu"
 
 
 # ------------------------------------------------------------ inventory ----

@@ -71,7 +71,8 @@ class Layer:
     def forward(self, x: Array, training: bool = False) -> Array:
         raise NotImplementedError
 
-    def backward(self, grad_out: Array) -> Array:
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        """Fill ``self.grads`` and return ``dL/d(input)`` (None if not ``need_input_grad``)."""
         raise NotImplementedError
 
     def __call__(self, x: Array, training: bool = False) -> Array:
@@ -162,12 +163,12 @@ class Dense(Layer):
             )
         z = x @ self.params["weight"]
         if self.use_bias:
-            z = z + self.params["bias"]
+            z += self.params["bias"]  # in place on the fresh product (rebinds on JAX)
         y = self.activation(z)
         self._cache = (x, z, y)
         return y
 
-    def backward(self, grad_out: Array) -> Array:
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         x, z, y = self._cache
         xp = self.ctx.xp
         if self.activation is A.identity:
@@ -177,6 +178,8 @@ class Dense(Layer):
         self.grads["weight"] = x.T @ dz  # dL/dW = x^T dL/dz
         if self.use_bias:
             self.grads["bias"] = xp.sum(dz, axis=0)  # dL/db
+        if not need_input_grad:  # the first layer of a training step: nobody needs dL/dx
+            return None
         return dz @ self.params["weight"].T  # dL/dx = dL/dz W^T
 
     def config(self) -> dict[str, Any]:
@@ -208,9 +211,9 @@ class ActivationLayer(Layer):
         self._cache = (x, y)
         return y
 
-    def backward(self, grad_out: Array) -> Array:
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         x, y = self._cache
-        return self.activation.backward(x, y, grad_out)
+        return self.activation.backward(x, y, grad_out) if need_input_grad else None
 
     def config(self) -> dict[str, Any]:
         return {"type": "ActivationLayer", "activation": self.activation.config()}
@@ -313,7 +316,9 @@ class Dropout(Layer):
         self._mask = self.draw_mask(tuple(x.shape))
         return x * self._mask
 
-    def backward(self, grad_out: Array) -> Array:
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        if not need_input_grad:
+            return None
         return grad_out if self._mask is None else grad_out * self._mask
 
     def config(self) -> dict[str, Any]:

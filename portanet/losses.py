@@ -12,8 +12,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
+
+from .backend import namespace_of
 
 __all__ = [
     "BCEWithLogits",
@@ -58,7 +59,7 @@ class Loss:
     def value(self, pred: Array, target: Array) -> Array:
         """The loss, a 0-d array in ``pred``'s namespace."""
         # NumPy reductions return scalars; asarray makes every backend return a 0-d array.
-        return array_namespace(pred).asarray(self.f(pred, target))
+        return namespace_of(pred).asarray(self.f(pred, target))
 
     def grad(self, pred: Array, target: Array) -> Array:
         """``dL/dpred``, shaped like ``pred``."""
@@ -102,7 +103,7 @@ class MSE(Loss):
 
     @staticmethod
     def _f(pred: Array, target: Array) -> Array:
-        xp = array_namespace(pred)
+        xp = namespace_of(pred)
         d = pred - target
         return _mean(xp, d * d)
 
@@ -119,12 +120,12 @@ class MAE(Loss):
 
     @staticmethod
     def _f(pred: Array, target: Array) -> Array:
-        xp = array_namespace(pred)
+        xp = namespace_of(pred)
         return _mean(xp, xp.abs(pred - target))
 
     @staticmethod
     def _df(pred: Array, target: Array) -> Array:
-        xp = array_namespace(pred)
+        xp = namespace_of(pred)
         return xp.sign(pred - target) / _count(pred)
 
 
@@ -142,14 +143,14 @@ class Huber(Loss):
         super().__init__(self._f, self._df, name="huber")
 
     def _f(self, pred: Array, target: Array) -> Array:
-        xp = array_namespace(pred)
+        xp = namespace_of(pred)
         a = xp.abs(pred - target)
         quadratic = 0.5 * a * a
         linear = self.delta * (a - 0.5 * self.delta)
         return _mean(xp, xp.where(a <= self.delta, quadratic, linear))
 
     def _df(self, pred: Array, target: Array) -> Array:
-        xp = array_namespace(pred)
+        xp = namespace_of(pred)
         return xp.clip(pred - target, min=-self.delta, max=self.delta) / _count(pred)
 
     def config(self) -> dict[str, Any]:
@@ -177,7 +178,7 @@ class BCEWithLogits(Loss):
 
     @staticmethod
     def _f(z: Array, t: Array) -> Array:
-        xp = array_namespace(z)
+        xp = namespace_of(z)
         pos, log_term = _log_sigmoid_parts(xp, z)
         return _mean(xp, pos - t * z + log_term)
 
@@ -226,7 +227,7 @@ class CrossEntropy(Loss):
             )
 
     def _target_distribution(self, z: Array, t: Array) -> Array:
-        xp = array_namespace(z)
+        xp = namespace_of(z)
         classes = z.shape[-1]
         if t.ndim == 1:  # labels -> one-hot, built on z's device
             ks = xp.arange(classes, dtype=t.dtype, device=device_of(z))
@@ -237,7 +238,7 @@ class CrossEntropy(Loss):
         return t
 
     def _f(self, z: Array, t: Array) -> Array:
-        xp = array_namespace(z)
+        xp = namespace_of(z)
         shifted = z - xp.max(z, axis=-1, keepdims=True)
         log_p = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
         q = self._target_distribution(z, t)

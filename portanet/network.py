@@ -6,12 +6,15 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from types import ModuleType
 from typing import Any
 
+from array_api_compat import device as device_of
+
 from . import losses as L
 from . import optim as O
 from .backend import (
     backend_name,
     get_namespace,
     host_rng,
+    namespace_of,
     resolve_device,
     resolve_dtype,
     to_array,
@@ -25,44 +28,44 @@ Array = Any
 
 
 class ParameterView(MutableMapping):
-    """Live ``"i.name" -> array`` view of a network's parameters.
+    """Live ``"i.name" -> array`` view of a network's parameters (or gradients).
 
     Assigning through it writes into the layer, so ``params[k] -= step`` works on
     immutable arrays (JAX) as well as writeable ones.
     """
 
     def __init__(self, layers: Sequence[Layer], attr: str = "params"):
-        self._layers = layers
         self._attr = attr
-
-    def _split(self, key: str) -> tuple[dict[str, Array], str]:
-        index, _, name = key.partition(".")
-        try:
-            store = getattr(self._layers[int(index)], self._attr)
-        except (ValueError, IndexError) as exc:
-            raise KeyError(key) from exc
-        if name not in store:
-            raise KeyError(key)
-        return store, name
+        # Names are fixed once the layers are built; look them up in one dict.
+        self._index: dict[str, tuple[Layer, str]] = {
+            f"{i}.{name}": (layer, name) for i, layer in enumerate(layers) for name in layer.params
+        }
 
     def __getitem__(self, key: str) -> Array:
-        store, name = self._split(key)
+        layer, name = self._index[key]
+        store = getattr(layer, self._attr)
+        if name not in store:
+            raise KeyError(key)
         return store[name]
 
     def __setitem__(self, key: str, value: Array) -> None:
-        store, name = self._split(key)
-        store[name] = value
+        layer, name = self._index[key]
+        getattr(layer, self._attr)[name] = value
 
     def __delitem__(self, key: str) -> None:
         raise TypeError("parameters cannot be deleted")
 
     def __iter__(self) -> Iterator[str]:
-        for i, layer in enumerate(self._layers):
-            for name in getattr(layer, self._attr):
-                yield f"{i}.{name}"
+        return iter(self._index)
 
     def __len__(self) -> int:
-        return sum(len(getattr(layer, self._attr)) for layer in self._layers)
+        return len(self._index)
+
+    def __contains__(self, key: object) -> bool:
+        if key not in self._index:
+            return False
+        layer, name = self._index[key]
+        return name in getattr(layer, self._attr)
 
 
 class Sequential:
@@ -116,6 +119,8 @@ class Sequential:
         ctx = self._context()
         for layer in layers:
             layer.build(ctx)
+        self._params = ParameterView(layers, "params")
+        self._grads = ParameterView(layers, "grads")
 
     def _check_chain(self) -> tuple[int, int]:
         features = None
@@ -137,14 +142,14 @@ class Sequential:
     # ---------------------------------------------------------- parameters --
     def parameters(self) -> ParameterView:
         """Ordered, live mapping ``"i.name" -> array`` (e.g. ``"0.weight"``, ``"0.bias"``)."""
-        return ParameterView(self.layers, "params")
+        return self._params
 
     def gradients(self) -> dict[str, Array]:
         """Ordered mapping ``"i.name" -> gradient`` from the last :meth:`backward`."""
-        missing = [k for k in self.parameters() if k not in ParameterView(self.layers, "grads")]
+        missing = [k for k in self._params if k not in self._grads]
         if missing:
             raise RuntimeError(f"no gradients yet for {missing}: call backward() first")
-        return dict(ParameterView(self.layers, "grads"))
+        return dict(self._grads)
 
     def num_parameters(self) -> int:
         return sum(_size(p) for p in self.parameters().values())
@@ -152,7 +157,10 @@ class Sequential:
     # ------------------------------------------------------------ data in --
     def as_input(self, x: Any, what: str = "x") -> Array:
         """Convert ``x`` to this network's namespace, device and dtype, checking its shape."""
-        a = to_array(x, self.xp, self.device, self.dtype, what=what)
+        if _is_ready(x, self.xp, self.dtype, self.device):
+            a = x  # already on this network's namespace, device and dtype
+        else:
+            a = to_array(x, self.xp, self.device, self.dtype, what=what)
         if a.ndim != 2 or a.shape[1] != self.in_features:
             raise ValueError(
                 f"{what}: {self.layers[0].label} expects a batch of shape "
@@ -200,9 +208,11 @@ class Sequential:
 
     def backward(self, grad_output: Array) -> Array:
         """Backpropagate ``dL/d(output)``: fill every layer's gradients, return ``dL/d(input)``."""
-        g = grad_output
-        for layer in reversed(self.layers):
-            g = layer.backward(g)
+        return self._backward(grad_output, need_input_grad=True)
+
+    def _backward(self, g: Array, need_input_grad: bool) -> Array | None:
+        for i in range(len(self.layers) - 1, -1, -1):
+            g = self.layers[i].backward(g, need_input_grad or i > 0)
         return g
 
     def train_step(
@@ -233,11 +243,11 @@ class Sequential:
         """
         pred = self._forward_checked(x, True)
         value = loss.value(pred, y)
-        self.backward(loss.grad(pred, y))
+        self._backward(loss.grad(pred, y), need_input_grad=False)
         return value, pred
 
     def _apply_gradients(self, optimizer: O.Optimizer) -> None:
-        optimizer.step(self.parameters(), dict(ParameterView(self.layers, "grads")))
+        optimizer.step(self._params, self._grads)
         self.optimizer = optimizer
 
     def fit(self, x: Any, y: Any, **kwargs: Any) -> Any:
@@ -309,7 +319,7 @@ class Sequential:
         ctx = self._context()
         for layer in self.layers:
             layer.ctx = ctx
-            layer.grads = {}
+            layer.grads.clear()
         for name, a in moved.items():
             params[name] = a
         if self.optimizer is not None:
@@ -340,6 +350,13 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential([{inner}], backend={self.backend!r}, dtype={self.dtype_name!r})"
+
+
+def _is_ready(x: Any, xp: ModuleType, dtype: Any, device: Any) -> bool:
+    try:
+        return namespace_of(x) is xp and x.dtype == dtype and device_of(x) == device
+    except TypeError:  # not an array of a known namespace
+        return False
 
 
 def _size(a: Array) -> int:

@@ -16,10 +16,10 @@ import math
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
+from array_api_compat import is_writeable_array
 
-from .backend import to_array, to_numpy
+from .backend import is_host_array, namespace_of, to_array, to_numpy
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_by_global_norm", "clip_by_value", "get"]
 
@@ -30,7 +30,7 @@ def clip_by_value(grads: Mapping[str, Array], clip_value: float) -> dict[str, Ar
     """Clip every gradient element to ``[-clip_value, clip_value]``."""
     out = {}
     for name, g in grads.items():
-        out[name] = array_namespace(g).clip(g, min=-clip_value, max=clip_value)
+        out[name] = namespace_of(g).clip(g, min=-clip_value, max=clip_value)
     return out
 
 
@@ -43,7 +43,7 @@ def clip_by_global_norm(grads: Mapping[str, Array], max_norm: float) -> dict[str
     gs = list(grads.values())
     if not gs:
         return {}
-    xp = array_namespace(gs[0])
+    xp = namespace_of(gs[0])
     total = xp.sqrt(sum(xp.sum(g * g) for g in gs))
     scale = xp.clip(max_norm / (total + 1e-6), max=1.0)
     return {name: g * scale for name, g in grads.items()}
@@ -83,6 +83,9 @@ class Optimizer:
         self.clip_value = None if clip_value is None else _positive_float("clip_value", clip_value)
         self.step_count = 0
         self.state: dict[str, dict[str, Array]] = {slot: {} for slot in self.slots}
+        # True while state may sit on the host or another device (after a load or move).
+        self._check_placement = False
+        self._packed: _Packed | None = None
 
     def step(self, params: MutableMapping[str, Array], grads: Mapping[str, Array]) -> None:
         """Apply one update to ``params`` from ``grads`` (both keyed by parameter name)."""
@@ -94,20 +97,59 @@ class Optimizer:
         if self.clip_norm is not None:
             grads = clip_by_global_norm(grads, self.clip_norm)
         self.step_count += 1
+        self._prepare_step()
+        packed = self._packed_for(params)
+        if packed is not None:  # small network: one update over all parameters at once
+            xp = namespace_of(packed.p)
+            flat_g = xp.concat([xp.reshape(grads[name], (-1,)) for name in packed.names])
+            self._rule(packed.p, flat_g, *packed.state)
+            return
         for name in params:
-            self._ensure_state(name, params[name])
-            self._update(params, name, grads[name])
+            self._update_param(params, name, grads[name])
 
-    def _ensure_state(self, name: str, p: Array) -> None:
-        xp = array_namespace(p)
-        for slot in self.slots:
-            buf = self.state[slot].get(name)
-            if buf is None:
-                self.state[slot][name] = xp.zeros_like(p)
-            elif not _same_namespace_and_device(buf, p):  # loaded from host, or moved
-                self.state[slot][name] = to_array(buf, xp, device_of(p), p.dtype)
+    def _packed_for(self, params: MutableMapping[str, Array]) -> _Packed | None:
+        """The flat buffers of a small network's parameters and state, made on first use
+        (and again after anything replaced a parameter or a state array)."""
+        if self._packed is not None and self._packed.intact(params, self.state):
+            return self._packed
+        self._packed = _Packed.make(params, self, self.slots)
+        return self._packed
 
-    def _update(self, params: MutableMapping[str, Array], name: str, g: Array) -> None:
+    def _prepare_step(self) -> None:
+        """Compute per-step scalars (Python floats) before the per-parameter loop."""
+
+    def _update_param(self, params: MutableMapping[str, Array], name: str, g: Array) -> None:
+        p = params[name]
+        state = [self._state_for(slot, name, p) for slot in self.slots]
+        if _blockwise(p):
+            # Update in cache-sized blocks of views: the temporaries of the rule
+            # stay in cache, so only p, g and the state stream through memory.
+            for rows in _row_blocks(p.shape):
+                self._rule(p[rows, ...], g[rows, ...], *[a[rows, ...] for a in state])
+            return
+        new_p, *new_state = self._rule(p, g, *state)
+        params[name] = new_p
+        for slot, a in zip(self.slots, new_state):
+            self.state[slot][name] = a
+
+    def _state_for(self, slot: str, name: str, p: Array) -> Array:
+        """The state array of ``slot`` for ``p``: zeros at first, and moved to ``p``'s
+        namespace, device and dtype after a load or a move."""
+        buf = self.state[slot].get(name)
+        if buf is None:
+            buf = namespace_of(p).zeros_like(p)
+            self.state[slot][name] = buf
+        elif self._check_placement and not _same_namespace_and_device(buf, p):
+            buf = to_array(buf, namespace_of(p), device_of(p), p.dtype, copy=True)
+            self.state[slot][name] = buf
+        return buf
+
+    def _rule(self, p: Array, g: Array, *state: Array) -> tuple[Array, ...]:
+        """The update of one parameter (or a block of it): returns ``(p, *state)``.
+
+        It updates with augmented assignment, so writeable arrays (and views of
+        them) change in place and immutable ones are returned anew.
+        """
         raise NotImplementedError
 
     # -- state -----------------------------------------------------------------
@@ -141,21 +183,106 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}.load_state_dict: bad state: {exc}") from exc
         self.step_count = step
         self.state = new_state
+        self._check_placement = True
 
     def map_state(self, fn: Callable[[Array], Array]) -> None:
         """Replace every state array ``a`` with ``fn(a)`` (used to move between devices)."""
         for arrays in self.state.values():
             for name in arrays:
                 arrays[name] = fn(arrays[name])
+        self._check_placement = True
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if v is not None)
         return f"{type(self).__name__}({args})"
 
 
+#: Up to this many parameter elements in all, writeable host parameters are
+#: packed into one flat buffer (each parameter a view of it), so that a small
+#: network's update is a dozen array operations rather than a dozen per parameter.
+PACK_ELEMENTS = 1 << 16
+
+
+class _Packed:
+    """Parameters and optimizer state as views of flat buffers (``p`` and ``state``)."""
+
+    def __init__(self, names: list[str], p: Array, state: list[Array],
+                 views: dict[str, Array], state_views: list[dict[str, Array]]):
+        self.names, self.p, self.state = names, p, state
+        self.views, self.state_views = views, state_views
+
+    @classmethod
+    def make(cls, params: MutableMapping[str, Array], opt: Optimizer,
+             slots: tuple[str, ...]) -> _Packed | None:
+        names = list(params)
+        arrays = [params[n] for n in names]
+        if not arrays or sum(math.prod(a.shape) for a in arrays) > PACK_ELEMENTS:
+            return None
+        first = arrays[0]
+        xp = namespace_of(first)
+        if not all(is_writeable_array(a) and is_host_array(a) and a.dtype == first.dtype
+                   and namespace_of(a) is xp for a in arrays):
+            return None
+
+        def pack(parts: list[Array]) -> tuple[Array, dict[str, Array]]:
+            flat = xp.concat([xp.reshape(a, (-1,)) for a in parts])
+            views, start = {}, 0
+            for name, a in zip(names, parts):
+                stop = start + math.prod(a.shape)
+                views[name] = xp.reshape(flat[start:stop], a.shape, copy=False)
+                start = stop
+            return flat, views
+
+        flat_p, views = pack(arrays)
+        state, state_views = [], []
+        for slot in slots:
+            flat_s, s_views = pack([opt._state_for(slot, n, params[n]) for n in names])
+            state.append(flat_s)
+            state_views.append(s_views)
+            opt.state[slot].update(s_views)
+        for name, view in views.items():
+            params[name] = view
+        return cls(names, flat_p, state, views, state_views)
+
+    def intact(self, params: Mapping[str, Array], state: Mapping[str, dict[str, Array]]) -> bool:
+        """Whether every parameter and state array is still the view made here."""
+        if list(params) != self.names:
+            return False
+        if any(params[n] is not v for n, v in self.views.items()):
+            return False
+        slots = list(state.values())
+        return all(arrays.get(n) is v for arrays, views in zip(slots, self.state_views)
+                   for n, v in views.items())
+
+
+#: Elements per block when host arrays are updated in place: the rule's few
+#: temporaries of this size (128 KiB in float32) stay in a core's L2 cache.
+BLOCK_ELEMENTS = 32768
+
+
+def _blockwise(p: Array) -> bool:
+    """Large writeable host arrays are updated block by block (see ``_update_param``)."""
+    return math.prod(p.shape) >= 2 * BLOCK_ELEMENTS and is_writeable_array(p) and is_host_array(p)
+
+
+def _row_blocks(shape: tuple[int, ...]) -> list[slice]:
+    """Slices along axis 0 covering about ``BLOCK_ELEMENTS`` elements each."""
+    rows = max(1, BLOCK_ELEMENTS // max(1, math.prod(shape[1:])))
+    return [slice(i, min(i + rows, shape[0])) for i in range(0, shape[0], rows)]
+
+
+def _assign(dst: Array, value: Array) -> Array:
+    """Write ``value`` into ``dst`` in place where ``dst`` is writeable (a block view
+    must be written through); otherwise return ``value`` to rebind."""
+    if is_writeable_array(dst):
+        dst[...] = value
+        return dst
+    return value
+
+
 def _same_namespace_and_device(a: Array, b: Array) -> bool:
     try:
-        return array_namespace(a) is array_namespace(b) and device_of(a) == device_of(b)
+        return namespace_of(a) is namespace_of(b) and device_of(a) == device_of(b)
     except TypeError:  # a is not an array of a known namespace (e.g. a host copy)
         return False
 
@@ -199,26 +326,19 @@ class SGD(Optimizer):
         self.slots = ("momentum_buffer",) if self.momentum else ()
         super().__init__(lr, **clipping)
 
-    def _ensure_state(self, name: str, p: Array) -> None:
-        # The momentum buffer starts as the first gradient, not as zeros (see _update).
-        buf = self.state.get("momentum_buffer", {}).get(name)
-        if buf is not None and not _same_namespace_and_device(buf, p):
-            self.state["momentum_buffer"][name] = to_array(
-                buf, array_namespace(p), device_of(p), p.dtype
-            )
-
-    def _update(self, params: MutableMapping[str, Array], name: str, g: Array) -> None:
+    def _rule(self, p: Array, g: Array, *state: Array) -> tuple[Array, ...]:
         if self.weight_decay:
-            g = g + self.weight_decay * params[name]
-        if self.momentum:
-            bufs = self.state["momentum_buffer"]
-            if name not in bufs:
-                bufs[name] = g + 0.0  # a copy: g may be the layer's own gradient array
-            else:
-                bufs[name] *= self.momentum
-                bufs[name] += g
-            g = g + self.momentum * bufs[name] if self.nesterov else bufs[name]
-        params[name] -= self.lr * g
+            g = g + self.weight_decay * p
+        if not self.momentum:
+            p -= self.lr * g
+            return (p,)
+        (buf,) = state
+        # The buffer starts at zero, so the first step makes it exactly g, as torch's clone.
+        buf *= self.momentum
+        buf += g
+        g = g + self.momentum * buf if self.nesterov else buf
+        p -= self.lr * g
+        return p, buf
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "momentum": self.momentum, "nesterov": self.nesterov,
@@ -254,28 +374,39 @@ class Adam(Optimizer):
         self.slots = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
         super().__init__(lr, **clipping)
 
-    def _decay(self, params: MutableMapping[str, Array], name: str, g: Array) -> Array:
-        """Adam folds weight decay into the gradient (L2); AdamW overrides this."""
-        return g + self.weight_decay * params[name] if self.weight_decay else g
-
-    def _update(self, params: MutableMapping[str, Array], name: str, g: Array) -> None:
-        xp = array_namespace(g)
+    def _prepare_step(self) -> None:
         b1, b2 = self.betas
-        g = self._decay(params, name, g)
-        m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
-        m[name] += (1.0 - b1) * (g - m[name])
-        v[name] *= b2
-        v[name] += (1.0 - b2) * (g * g)
-        second = v[name]
-        if self.amsgrad:
-            vmax = self.state["max_exp_avg_sq"]
-            vmax[name] = xp.maximum(vmax[name], v[name])
-            second = vmax[name]
         t = self.step_count
-        step_size = self.lr / (1.0 - b1**t)
-        bias_correction2_sqrt = math.sqrt(1.0 - b2**t)
-        denom = xp.sqrt(second) / bias_correction2_sqrt + self.eps
-        params[name] -= step_size * (m[name] / denom)
+        self._step_size = self.lr / (1.0 - b1**t)
+        self._bias_correction2_sqrt = math.sqrt(1.0 - b2**t)
+
+    def _decay(self, p: Array, g: Array) -> tuple[Array, Array]:
+        """Adam folds weight decay into the gradient (L2); AdamW overrides this."""
+        return p, (g + self.weight_decay * p if self.weight_decay else g)
+
+    def _rule(self, p: Array, g: Array, *state: Array) -> tuple[Array, ...]:
+        xp = namespace_of(p)
+        b1, b2 = self.betas
+        m, v, *vmax = state
+        p, g = self._decay(p, g)
+        d = g - m  # m <- m + (1 - b1)(g - m): one temporary, updated in place
+        d *= 1.0 - b1
+        m += d
+        g2 = g * g  # v <- b2 v + (1 - b2) g^2
+        g2 *= 1.0 - b2
+        v *= b2
+        v += g2
+        second = v
+        if self.amsgrad:
+            vmax = [_assign(vmax[0], xp.maximum(vmax[0], v))]
+            second = vmax[0]
+        denom = xp.sqrt(second)  # sqrt(v) / sqrt(1 - b2^t) + eps
+        denom /= self._bias_correction2_sqrt
+        denom += self.eps
+        step = m / denom  # p <- p - lr / (1 - b1^t) * m / denom
+        step *= self._step_size
+        p -= step
+        return (p, m, v, *vmax)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "betas": list(self.betas), "eps": self.eps,
@@ -293,10 +424,10 @@ class AdamW(Adam):
                  **clipping: Any):
         super().__init__(lr, betas, eps, weight_decay, amsgrad, **clipping)
 
-    def _decay(self, params: MutableMapping[str, Array], name: str, g: Array) -> Array:
+    def _decay(self, p: Array, g: Array) -> tuple[Array, Array]:
         if self.weight_decay:
-            params[name] *= 1.0 - self.lr * self.weight_decay
-        return g
+            p *= 1.0 - self.lr * self.weight_decay
+        return p, g
 
 
 _BY_NAME: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

@@ -20,7 +20,7 @@ from array_api_compat import is_writeable_array
 
 from . import losses as L
 from . import optim as O
-from .backend import from_host, to_numpy
+from .backend import from_host, namespace_of, to_numpy
 
 if TYPE_CHECKING:
     from .network import Sequential
@@ -104,9 +104,7 @@ class _Elementwise(Metric):
 
 
 def _ns(a: Array) -> Any:
-    from array_api_compat import array_namespace
-
-    return array_namespace(a)
+    return namespace_of(a)
 
 
 def get_metric(spec: str | Metric, loss: L.Loss) -> Metric:

@@ -131,3 +131,48 @@ def test_bad_hyperparameters(make, match):
 def test_missing_gradient_is_an_error():
     with pytest.raises(KeyError, match="no gradient for parameters"):
         pn.SGD(lr=0.1).step({"w": np.ones(2)}, {})
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_packed_blockwise_and_whole_array_updates_agree_bitwise(xp, dtype, name, monkeypatch):
+    """Small networks update all parameters as one packed flat buffer; large host arrays
+    are updated in cache-sized blocks of views. Both must give bitwise the result of the
+    plain per-parameter, whole-array update."""
+    xs, device = xp
+    params, grads = _problem()
+    dev = lambda a: put(xs, device, a, dtype)  # noqa: E731
+    packed_opt = CONFIGS[name]()
+    packed = _run(packed_opt, params, grads, dev)
+    host_writeable = pn.optim.is_writeable_array(dev(params["0.weight"])) and \
+        pn.optim.is_host_array(dev(params["0.weight"]))
+    assert (packed_opt._packed is not None) == host_writeable
+    monkeypatch.setattr(pn.optim, "PACK_ELEMENTS", 0)
+    whole_opt = CONFIGS[name]()
+    whole = _run(whole_opt, params, grads, dev)
+    assert whole_opt._packed is None
+    monkeypatch.setattr(pn.optim, "BLOCK_ELEMENTS", 2)
+    assert pn.optim._blockwise(dev(params["0.weight"])) == host_writeable
+    blocked = _run(CONFIGS[name](), params, grads, dev)
+    for k in params:
+        np.testing.assert_array_equal(host(packed[k]), host(whole[k]), err_msg=f"{name} {k}")
+        np.testing.assert_array_equal(host(blocked[k]), host(whole[k]), err_msg=f"{name} {k}")
+
+
+def test_packed_parameters_are_views_and_repack_after_replacement():
+    params = {"w": np.ones((2, 3)), "b": np.zeros(3)}
+    opt = pn.Adam(0.1)
+    opt.step(params, {"w": np.ones((2, 3)), "b": np.ones(3)})
+    packed = opt._packed
+    assert packed is not None and np.shares_memory(params["w"], packed.p)
+    assert np.shares_memory(opt.state["exp_avg"]["b"], packed.state[0])
+    params["w"] = np.full((2, 3), 5.0)  # e.g. load_state_dict put a new array in
+    opt.step(params, {"w": np.ones((2, 3)), "b": np.ones(3)})
+    assert opt._packed is not packed and np.shares_memory(params["w"], opt._packed.p)
+    assert np.all(params["w"] < 5.0)  # the new array was updated, not the old buffer
+
+
+def test_row_blocks_cover_every_row_once():
+    blocks = pn.optim._row_blocks((10, 3))  # BLOCK_ELEMENTS // 3 rows per block
+    covered = [i for s in blocks for i in range(10)[s]]
+    assert covered == list(range(10))
+    assert pn.optim._row_blocks((7,))[0] == slice(0, 7)
