@@ -14,6 +14,7 @@ from .backend import (
     backend_name,
     get_namespace,
     host_rng,
+    is_host_array,
     namespace_of,
     resolve_device,
     resolve_dtype,
@@ -180,6 +181,13 @@ class Sequential:
                 "each sample needs one target"
             )
         loss.check_target((n, self.out_features), a)
+        if labels and n and is_host_array(a):  # checking device labels would stall the GPU
+            low, high = int(self.xp.min(a)), int(self.xp.max(a))
+            if low < 0 or high >= self.out_features:
+                raise ValueError(
+                    f"y: class labels must be in [0, {self.out_features}) for a network with "
+                    f"{self.out_features} outputs, got labels from {low} to {high}"
+                )
         return a
 
     # ------------------------------------------------------------ compute --

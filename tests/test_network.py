@@ -223,3 +223,15 @@ def test_bad_dtype_and_device():
         pn.Sequential(_layers(), backend="numpy", device="cuda")
     with pytest.raises(ValueError, match="not understood"):
         pn.Sequential(_layers(), backend="numpy", device="tpu")
+
+
+def test_class_labels_out_of_range_are_rejected(xp):
+    xs, device = xp
+    net = pn.Sequential([pn.Dense(3, 4)], backend=xs, device=device, seed=0)
+    before = _snapshot(net)
+    x = np.zeros((3, 3))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\).*from 0 to 4"):
+        net.train_step(x, np.array([0, 4, 1]), "cross_entropy", pn.SGD(0.1))
+    with pytest.raises(ValueError, match="from -1 to 1"):
+        net.train_step(x, [-1, 0, 1], "cross_entropy", pn.SGD(0.1))
+    _assert_unchanged(net, before)
