@@ -187,7 +187,10 @@ class LeakyReLU(Activation):
         super().__init__(self._f, self._df, name="leaky_relu")
 
     def _f(self, x: Array) -> Array:
-        return namespace_of(x).where(x > 0, x, self.negative_slope * x)
+        xp = namespace_of(x)
+        if 0.0 <= self.negative_slope <= 1.0:  # then max(x, a x) picks the same, in one pass fewer
+            return xp.maximum(x, self.negative_slope * x)
+        return xp.where(x > 0, x, self.negative_slope * x)
 
     def _df(self, x: Array) -> Array:
         # step + a (1 - step): exactly 1 where x > 0 and exactly a elsewhere.

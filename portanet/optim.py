@@ -13,7 +13,9 @@ step count lives on the host, so bias corrections cost no device sync.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from array_api_compat import device as device_of
@@ -124,8 +126,13 @@ class Optimizer:
         if _blockwise(p):
             # Update in cache-sized blocks of views: the temporaries of the rule
             # stay in cache, so only p, g and the state stream through memory.
-            for rows in _row_blocks(p.shape):
-                self._rule(p[rows, ...], g[rows, ...], *[a[rows, ...] for a in state])
+            # Blocks are independent, so the CPU's cores share them (the array
+            # library releases the GIL inside each operation).
+            def update(blocks: list[slice]) -> None:
+                for rows in blocks:
+                    self._rule(p[rows, ...], g[rows, ...], *[a[rows, ...] for a in state])
+
+            _in_parallel(update, _row_blocks(p.shape))
             return
         new_p, *new_state = self._rule(p, g, *state)
         params[name] = new_p
@@ -269,6 +276,22 @@ def _row_blocks(shape: tuple[int, ...]) -> list[slice]:
     """Slices along axis 0 covering about ``BLOCK_ELEMENTS`` elements each."""
     rows = max(1, BLOCK_ELEMENTS // max(1, math.prod(shape[1:])))
     return [slice(i, min(i + rows, shape[0])) for i in range(0, shape[0], rows)]
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _in_parallel(work: Callable[[list[slice]], None], blocks: list[slice]) -> None:
+    """Run ``work`` on contiguous shares of ``blocks``, one share per CPU core."""
+    global _POOL
+    workers = min(os.cpu_count() or 1, len(blocks))
+    if workers < 2:
+        work(blocks)
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count(), thread_name_prefix="portanet")
+    share = -(-len(blocks) // workers)
+    list(_POOL.map(work, [blocks[i : i + share] for i in range(0, len(blocks), share)]))
 
 
 def _assign(dst: Array, value: Array) -> Array:

@@ -139,3 +139,15 @@ def test_activation_layers_equal_functions(xp):
                        (pn.GELU(), A.gelu), (pn.SiLU(), A.silu), (pn.Softplus(), A.softplus),
                        (pn.Softmax(), A.softmax), (pn.Identity(), A.identity)]:
         np.testing.assert_array_equal(host(layer.forward(x)), host(act(x)))
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1, 1.0, 2.5, -0.5])
+def test_leaky_relu_any_slope(xp, slope, x_host):
+    """Slopes in [0, 1] take the max(x, a x) path; others the where path."""
+    xs, device = xp
+    act = A.LeakyReLU(slope)
+    x = put(xs, device, x_host, "float32")
+    xf = x_host.astype(np.float32).astype(np.float64)
+    assert_close(act(x), np.where(xf > 0, xf, slope * xf), "float32")
+    g = put(xs, device, np.ones_like(x_host), "float32")
+    assert_close(act.backward(x, act(x), g), np.where(xf > 0, 1.0, slope), "float32")
