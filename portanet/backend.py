@@ -26,6 +26,7 @@ __all__ = [
     "from_host",
     "get_backend",
     "get_namespace",
+    "host_label_range",
     "host_rng",
     "host_zeros",
     "is_host_array",
@@ -321,21 +322,40 @@ def to_array(
     if isinstance(x, (np.ndarray, np.generic)) or not _is_array_api_array(x):
         host = _host_numeric(x, what)
         return _from_host_data(host.copy() if copy else host, xp, device, dtype)
+    if array_api_compat.is_torch_array(x):
+        x = x.detach()  # portanet computes its own gradients: never join torch's graph
     if backend_name(array_namespace(x)) == backend_name(xp):
         out = x
     else:
-        out = _from_dlpack(x, xp, device)
+        out = _from_dlpack(x, xp, device)  # shares memory with x (and may be read-only)
         if out is None:  # another device, or no DLPack: copy through the host
             return _from_host_data(_host_numeric(to_numpy(x), what), xp, device, dtype)
     if not _is_numeric(xp, out.dtype):
         raise TypeError(f"{what} must hold numbers, got an array of dtype {out.dtype}")
+    shared = True
     if array_api_compat.device(out) != device:
         out = array_api_compat.to_device(out, device)
+        shared = False
     if dtype is not None and out.dtype != dtype:
         out = xp.astype(out, dtype)
-    elif copy and out is x:
+        shared = False
+    if copy and shared:
         out = xp.asarray(out, copy=True)
     return out
+
+
+def host_label_range(y: Any) -> tuple[int, int] | None:
+    """``(min, max)`` of integer labels that are on the host (lists, NumPy, CPU arrays);
+    None for labels on a GPU, where reading them would stall the device."""
+    if isinstance(y, (np.ndarray, list, tuple)) or not _is_array_api_array(y):
+        a = np.asarray(y)
+    elif is_host_array(y):
+        a = to_numpy(y)
+    else:
+        return None
+    if a.size == 0 or a.dtype.kind not in "iu":
+        return None
+    return int(a.min()), int(a.max())
 
 
 def _from_host_data(host: np.ndarray, xp: ModuleType, device: Any, dtype: Any) -> Any:

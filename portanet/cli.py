@@ -7,6 +7,7 @@ and exit with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -152,8 +153,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail before training, not after it, when --save or --plot cannot be written."""
+    for flag, path in (("--save", args.save), ("--plot", args.plot)):
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder) or os.path.isdir(path):
+                raise UsageError(f"portanet train: {flag} {path}: no such folder, or a folder")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError('portanet train: --plot needs matplotlib: pip install "portanet[plot]"'
+                             ) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from . import CosineAnnealing, CrossEntropy, Dense, Dropout, LearningRateScheduler, Sequential, optim
+
+    _check_outputs(args)
 
     x_tr, y_tr, x_te, y_te = load_dataset(args.dataset, args.seed)
     classes = int(max(y_tr.max(), y_te.max())) + 1
@@ -235,9 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except OSError as exc:  # missing file or folder, permissions, no network for mnist
         where = f": {exc.filename}" if exc.filename else ""
         print(f"portanet: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print("portanet: error: out of memory (are the layer sizes or the batch too large?)",
+              file=sys.stderr)
         return EXIT_USAGE
     except (ImportError, ValueError, RuntimeError) as exc:
         if isinstance(exc, TrainingDivergedError):

@@ -55,4 +55,5 @@ def _train(net: Sequential, x: Any, y: Any, optimizer: Any, steps: int, name: st
 
 def print_truth_table(predictions: list[float]) -> None:
     for (i, j), p in zip(TRUTH_TABLE, predictions):
+        p = 0.0 if abs(p) < 5e-6 else p  # print 0.00000, not -0.00000
         print(f"{i} AND {j} is {p:.5f}")

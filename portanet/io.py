@@ -20,6 +20,7 @@ turns any problem with the file's content into :class:`CheckpointError`.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -115,6 +116,19 @@ def save(
     if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
         raise ValueError(f"save: epoch must be an int >= 0, got {epoch!r}")
 
+    for i, layer_config in enumerate(net.config()["layers"]):
+        try:  # refuse now what load could not rebuild later (e.g. a custom Activation)
+            from_config(layer_config)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"save: layer {i} ({net.layers[i]!r}) cannot be saved: {exc}; checkpoints "
+                "hold built-in activations only"
+            ) from exc
+    target = Path(path)
+    if not target.absolute().parent.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT, "save: no such directory", str(target.absolute().parent)
+        )
     params = net.state_dict()
     arrays: dict[str, np.ndarray] = {_PARAM_PREFIX + k: a for k, a in params.items()}
     meta: dict[str, Any] = {
@@ -152,7 +166,7 @@ def save(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"save: the network's metadata is not JSON-able: {exc}") from exc
     arrays[_META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    _write_atomic(Path(path), arrays)
+    _write_atomic(target, arrays)
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -262,6 +276,7 @@ def load(
     xp = get_namespace(backend)
     dev = resolve_device(xp, device)
     resolve_dtype(xp, cfg["dtype"], dev)
+    _check_implied_shapes(path, cfg, meta["parameters"])
     try:
         layers = [from_config(c) for c in cfg["layers"]]
         net = Sequential(layers, backend=xp, device=dev, dtype=cfg["dtype"], seed=cfg["seed"])
@@ -277,7 +292,7 @@ def load(
     try:
         # In place: the layers hold this same Generator (dropout masks come from it).
         net.rng.bit_generator.state = meta["rng_state"]
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise CheckpointError(f"{_name(path)}: bad host RNG state: {exc}") from exc
     net.epoch = meta["epoch"]
     optimizer = None
@@ -285,6 +300,28 @@ def load(
         optimizer = _restore_optimizer(path, meta["optimizer"], arrays, net)
         net.optimizer = optimizer
     return (net, optimizer) if return_optimizer else net
+
+
+def _check_implied_shapes(path: Any, cfg: Mapping[str, Any], shapes: Mapping[str, Any]) -> None:
+    """Compare the parameter shapes the architecture implies with those stored, before
+    anything is built (a tampered size must not allocate a huge network)."""
+    implied: dict[str, list[int]] = {}
+    try:
+        for i, c in enumerate(cfg["layers"]):
+            if c.get("type") not in ("Dense", "Dropout", "ActivationLayer"):
+                raise CheckpointError(f"{_name(path)}: unknown layer type {c.get('type')!r}")
+            if c.get("type") == "Dense":
+                implied[f"{i}.weight"] = [c["in_features"], c["out_features"]]
+                if c.get("bias", True):
+                    implied[f"{i}.bias"] = [c["out_features"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{_name(path)}: malformed layer config: {exc}") from exc
+    stored = {k: list(v) for k, v in shapes.items()}
+    if implied != stored:
+        raise CheckpointError(
+            f"{_name(path)}: the parameters do not match the architecture: it implies "
+            f"{implied}, the file holds {stored}"
+        )
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -59,7 +59,8 @@ class Loss:
     def value(self, pred: Array, target: Array) -> Array:
         """The loss, a 0-d array in ``pred``'s namespace."""
         # NumPy reductions return scalars; asarray makes every backend return a 0-d array.
-        return namespace_of(pred).asarray(self.f(pred, target))
+        return namespace_of(pred).asarray(self.f(pred, target), dtype=pred.dtype,
+                                          device=device_of(pred))
 
     def grad(self, pred: Array, target: Array) -> Array:
         """``dL/dpred``, shaped like ``pred``."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+import operator
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -13,8 +14,8 @@ from . import optim as O
 from .backend import (
     backend_name,
     get_namespace,
+    host_label_range,
     host_rng,
-    is_host_array,
     namespace_of,
     resolve_device,
     resolve_dtype,
@@ -97,6 +98,8 @@ class Sequential:
         dtype: str = "float32",
         seed: int | None = None,
     ):
+        if isinstance(layers, Layer) or not isinstance(layers, Iterable):
+            raise TypeError(f"layers must be a sequence of Layer objects, got {type(layers).__name__}")
         layers = list(layers)
         if not layers:
             raise ValueError("Sequential needs at least one layer")
@@ -105,7 +108,11 @@ class Sequential:
                 raise TypeError(f"layer {i} is {type(layer).__name__}, not a portanet Layer")
             if layer.ctx is not None:
                 raise ValueError(f"layer {i} ({layer!r}) already belongs to a network")
+            if any(layer is other for other in layers[:i]):
+                raise ValueError(f"layer {i} ({layer!r}) appears twice: each layer needs its own object")
+        for i, layer in enumerate(layers):
             layer.index = i
+        seed = _check_seed(seed)
         self.layers = layers
         self.in_features, self.out_features = self._check_chain()
         self.xp = get_namespace(backend)
@@ -170,9 +177,21 @@ class Sequential:
         return a
 
     def as_target(self, y: Any, n: int, loss: L.Loss) -> Array:
-        """Convert targets, keep integer class labels integral, and check them against ``loss``."""
+        """Convert targets, keep integer class labels integral, and check them against ``loss``.
+
+        Raises ``ValueError`` for an empty batch, a row count that differs from
+        ``n``, a shape the loss cannot use, or class labels out of range, and
+        ``TypeError`` for 1-D class labels that are not integers.
+        """
+        if n == 0:
+            raise ValueError("x has no rows: training and evaluation need at least one sample")
         a = to_array(y, self.xp, self.device, None, what="y")
-        labels = loss.accepts_labels and a.ndim == 1 and self.xp.isdtype(a.dtype, "integral")
+        labels = loss.accepts_labels and a.ndim == 1
+        if labels and not self.xp.isdtype(a.dtype, "integral"):
+            raise TypeError(
+                f"y: 1-D targets of loss {loss.name!r} are class labels and must be integers, "
+                f"got dtype {a.dtype}; give probabilities as an (n, classes) array"
+            )
         if not labels:
             a = self.xp.astype(a, self.dtype) if a.dtype != self.dtype else a
         if a.ndim == 0 or a.shape[0] != n:
@@ -181,13 +200,12 @@ class Sequential:
                 "each sample needs one target"
             )
         loss.check_target((n, self.out_features), a)
-        if labels and n and is_host_array(a):  # checking device labels would stall the GPU
-            low, high = int(self.xp.min(a)), int(self.xp.max(a))
-            if low < 0 or high >= self.out_features:
-                raise ValueError(
-                    f"y: class labels must be in [0, {self.out_features}) for a network with "
-                    f"{self.out_features} outputs, got labels from {low} to {high}"
-                )
+        span = host_label_range(y) if labels else None  # device labels: not read (no sync)
+        if span is not None and (span[0] < 0 or span[1] >= self.out_features):
+            raise ValueError(
+                f"y: class labels must be in [0, {self.out_features}) for a network with "
+                f"{self.out_features} outputs, got labels from {span[0]} to {span[1]}"
+            )
         return a
 
     # ------------------------------------------------------------ compute --
@@ -318,8 +336,8 @@ class Sequential:
         dev = resolve_device(xp, device)
         dtype = resolve_dtype(xp, self.dtype_name, dev)
 
-        def move(a: Array) -> Array:
-            return to_array(a, xp, dev, None)
+        def move(a: Array) -> Array:  # a copy: DLPack views can be shared and read-only
+            return to_array(a, xp, dev, None, copy=True)
 
         params = self.parameters()
         moved = {name: move(p) for name, p in params.items()}
@@ -360,11 +378,24 @@ class Sequential:
         return f"Sequential([{inner}], backend={self.backend!r}, dtype={self.dtype_name!r})"
 
 
+def _check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"seed must be a non-negative int or None, got {seed!r}") from None
+    if value < 0:
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    return int(value)
+
+
 def _is_ready(x: Any, xp: ModuleType, dtype: Any, device: Any) -> bool:
     try:
-        return namespace_of(x) is xp and x.dtype == dtype and device_of(x) == device
+        ready = namespace_of(x) is xp and x.dtype == dtype and device_of(x) == device
     except TypeError:  # not an array of a known namespace
         return False
+    return ready and not getattr(x, "requires_grad", False)  # torch tensors in a graph
 
 
 def _size(a: Array) -> int:

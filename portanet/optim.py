@@ -98,16 +98,21 @@ class Optimizer:
             grads = clip_by_value(grads, self.clip_value)
         if self.clip_norm is not None:
             grads = clip_by_global_norm(grads, self.clip_norm)
-        self.step_count += 1
-        self._prepare_step()
+        if self._check_placement:  # after a load or a move: check and place all state first
+            for name in params:
+                for slot in self.slots:
+                    self._state_for(slot, name, params[name])
+            self._check_placement = False
+        self._prepare_step(self.step_count + 1)
         packed = self._packed_for(params)
         if packed is not None:  # small network: one update over all parameters at once
             xp = namespace_of(packed.p)
             flat_g = xp.concat([xp.reshape(grads[name], (-1,)) for name in packed.names])
             self._rule(packed.p, flat_g, *packed.state)
-            return
-        for name in params:
-            self._update_param(params, name, grads[name])
+        else:
+            for name in params:
+                self._update_param(params, name, grads[name])
+        self.step_count += 1
 
     def _packed_for(self, params: MutableMapping[str, Array]) -> _Packed | None:
         """The flat buffers of a small network's parameters and state, made on first use
@@ -117,8 +122,8 @@ class Optimizer:
         self._packed = _Packed.make(params, self, self.slots)
         return self._packed
 
-    def _prepare_step(self) -> None:
-        """Compute per-step scalars (Python floats) before the per-parameter loop."""
+    def _prepare_step(self, t: int) -> None:
+        """Compute the scalars of step ``t`` (Python floats) before the per-parameter loop."""
 
     def _update_param(self, params: MutableMapping[str, Array], name: str, g: Array) -> None:
         p = params[name]
@@ -146,9 +151,15 @@ class Optimizer:
         if buf is None:
             buf = namespace_of(p).zeros_like(p)
             self.state[slot][name] = buf
-        elif self._check_placement and not _same_namespace_and_device(buf, p):
-            buf = to_array(buf, namespace_of(p), device_of(p), p.dtype, copy=True)
-            self.state[slot][name] = buf
+        elif self._check_placement:
+            if tuple(buf.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"{type(self).__name__}: state {slot!r} of {name!r} has shape "
+                    f"{tuple(buf.shape)}, but the parameter has shape {tuple(p.shape)}"
+                )
+            if not _same_namespace_and_device(buf, p) or buf.dtype != p.dtype:
+                buf = to_array(buf, namespace_of(p), device_of(p), p.dtype, copy=True)
+                self.state[slot][name] = buf
         return buf
 
     def _rule(self, p: Array, g: Array, *state: Array) -> tuple[Array, ...]:
@@ -175,8 +186,9 @@ class Optimizer:
                 "step": self.step_count, "state": by_param}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore the step count and state arrays. They move to the parameters' device
-        at the next step; nothing changes if the dict is malformed."""
+        """Restore the step count and state arrays (copied to the host). They are checked
+        against the parameters and moved to their device at the next step; nothing
+        changes if the dict is malformed."""
         try:
             step = int(state_dict["step"])
             by_param = state_dict["state"]
@@ -185,7 +197,12 @@ class Optimizer:
                 for slot, a in slots.items():
                     if slot not in new_state:
                         raise KeyError(f"unknown state slot {slot!r}")
-                    new_state[slot][name] = a
+                    host = to_numpy(a)  # a copy: the caller's arrays are never updated
+                    if host.dtype.kind != "f":
+                        raise TypeError(f"state {slot!r} of {name!r} has dtype {host.dtype}")
+                    new_state[slot][name] = host
+            if step < 0:
+                raise ValueError(f"negative step {step}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{type(self).__name__}.load_state_dict: bad state: {exc}") from exc
         self.step_count = step
@@ -281,15 +298,37 @@ def _row_blocks(shape: tuple[int, ...]) -> list[slice]:
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _in_parallel(work: Callable[[list[slice]], None], blocks: list[slice]) -> None:
-    """Run ``work`` on contiguous shares of ``blocks``, one share per CPU core."""
+def _forget_pool() -> None:
+    # A forked child inherits the pool object but not its threads.
     global _POOL
-    workers = min(os.cpu_count() or 1, len(blocks))
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def update_threads() -> int:
+    """Threads that share a blockwise update: ``OMP_NUM_THREADS`` if set, else the
+    cores this process may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        pass
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _in_parallel(work: Callable[[list[slice]], None], blocks: list[slice]) -> None:
+    """Run ``work`` on contiguous shares of ``blocks``, one share per thread."""
+    global _POOL
+    workers = min(update_threads(), len(blocks))
     if workers < 2:
         work(blocks)
         return
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count(), thread_name_prefix="portanet")
+    if _POOL is None or _POOL._max_workers < workers:
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="portanet")
     share = -(-len(blocks) // workers)
     list(_POOL.map(work, [blocks[i : i + share] for i in range(0, len(blocks), share)]))
 
@@ -397,9 +436,8 @@ class Adam(Optimizer):
         self.slots = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
         super().__init__(lr, **clipping)
 
-    def _prepare_step(self) -> None:
+    def _prepare_step(self, t: int) -> None:
         b1, b2 = self.betas
-        t = self.step_count
         self._step_size = self.lr / (1.0 - b1**t)
         self._bias_correction2_sqrt = math.sqrt(1.0 - b2**t)
 

@@ -44,14 +44,18 @@ Array = Any
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the network was restored to its last finite step."""
+    """The loss became NaN or infinite, or exploded; the network was restored.
+
+    ``epoch`` and ``step`` count from 0 (the message counts from 1, as the progress bar).
+    """
 
     def __init__(self, epoch: int, step: int, lr: float, value: float):
         self.epoch, self.step, self.lr, self.value = epoch, step, lr, value
         super().__init__(
-            f"training diverged: loss is {value:.6g} at epoch {epoch}, step {step} "
+            f"training diverged: loss is {value:.6g} at epoch {epoch + 1}, step {step + 1} "
             f"(learning rate {lr:g}); parameters and optimizer state were restored to the "
-            "last step with a finite loss. Try a smaller learning rate or clip_norm=."
+            "last checked step whose loss was finite and in range. Try a smaller learning "
+            "rate or clip_norm=."
         )
 
 
@@ -474,8 +478,8 @@ class _Interrupts:
 
 
 def _split_validation(net: Sequential, x: Array, y: Array, split: float):
-    if not 0.0 <= split < 1.0:
-        raise ValueError(f"validation_split must be in [0, 1), got {split!r}")
+    if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0.0 <= split < 1.0:
+        raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
     n = x.shape[0]
     n_val = int(n * split)
     if split and (n_val == 0 or n_val == n):
@@ -533,12 +537,25 @@ def fit(
     """
     loss = L.get(loss)
     optimizer = O.get(optimizer)
+    if isinstance(metrics, (str, Metric)):
+        metrics = [metrics]
     metric_fns = [get_metric(m, loss) for m in metrics]
     callbacks = list(callbacks)
-    if not isinstance(epochs, int) or epochs < 0 or not 0 <= initial_epoch <= epochs:
-        raise ValueError(f"need 0 <= initial_epoch <= epochs, got {initial_epoch} and {epochs}")
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be portanet Callback objects, got {type(cb).__name__}")
+    for name, value in (("epochs", epochs), ("initial_epoch", initial_epoch),
+                        ("check_finite", check_finite)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if initial_epoch > epochs:
+        raise ValueError(f"initial_epoch ({initial_epoch}) must not exceed epochs ({epochs})")
     if verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if validation_data is not None and (
+        not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
+    ):
+        raise ValueError("validation_data must be a pair (x_val, y_val)")
 
     # Check and move everything before training starts: a bad input changes nothing.
     xa = net.as_input(x)
@@ -599,7 +616,8 @@ def fit(
                     if time.monotonic() - last_refresh > 0.5:  # sync a few times a second at most
                         bar.set_postfix(loss=f"{sums.running_loss():.4g}", refresh=False)
                         last_refresh = time.monotonic()
-            if interrupts.requested:
+            completed = sums.steps == len(bounds)
+            if interrupts.requested and not completed:
                 if bar is not None:
                     bar.close()
                 history.interrupted = True
@@ -622,6 +640,9 @@ def fit(
                 print(f"epoch {epoch + 1}/{epochs}  {line}", flush=True)
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
+            if interrupts.requested:  # pressed during the epoch's last step, or after it
+                history.interrupted = True
+                break
             if net.stop_training:
                 break
     for cb in callbacks:
@@ -636,6 +657,7 @@ class _EpochSums:
         self.loss: Array | None = None
         self.metrics: list[Array | None] = [None] * len(metrics)
         self.count = 0
+        self.steps = 0
         self._fns = metrics
 
     def add(self, value: Array, pred: Array, target: Array, n: int) -> None:
@@ -645,6 +667,7 @@ class _EpochSums:
             t = m.total(pred, target)
             self.metrics[i] = t if self.metrics[i] is None else self.metrics[i] + t
         self.count += n
+        self.steps += 1
 
     def running_loss(self) -> float:
         return float(self.loss) / self.count if self.count else math.nan
