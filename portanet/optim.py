@@ -13,9 +13,7 @@ step count lives on the host, so bias corrections cost no device sync.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from array_api_compat import device as device_of
@@ -131,13 +129,8 @@ class Optimizer:
         if _blockwise(p):
             # Update in cache-sized blocks of views: the temporaries of the rule
             # stay in cache, so only p, g and the state stream through memory.
-            # Blocks are independent, so the CPU's cores share them (the array
-            # library releases the GIL inside each operation).
-            def update(blocks: list[slice]) -> None:
-                for rows in blocks:
-                    self._rule(p[rows, ...], g[rows, ...], *[a[rows, ...] for a in state])
-
-            _in_parallel(update, _row_blocks(p.shape))
+            for rows in _row_blocks(p.shape):
+                self._rule(p[rows, ...], g[rows, ...], *[a[rows, ...] for a in state])
             return
         new_p, *new_state = self._rule(p, g, *state)
         params[name] = new_p
@@ -293,44 +286,6 @@ def _row_blocks(shape: tuple[int, ...]) -> list[slice]:
     """Slices along axis 0 covering about ``BLOCK_ELEMENTS`` elements each."""
     rows = max(1, BLOCK_ELEMENTS // max(1, math.prod(shape[1:])))
     return [slice(i, min(i + rows, shape[0])) for i in range(0, shape[0], rows)]
-
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _forget_pool() -> None:
-    # A forked child inherits the pool object but not its threads.
-    global _POOL
-    _POOL = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def update_threads() -> int:
-    """Threads that share a blockwise update: ``OMP_NUM_THREADS`` if set, else the
-    cores this process may run on."""
-    try:
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    except (KeyError, ValueError):
-        pass
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-def _in_parallel(work: Callable[[list[slice]], None], blocks: list[slice]) -> None:
-    """Run ``work`` on contiguous shares of ``blocks``, one share per thread."""
-    global _POOL
-    workers = min(update_threads(), len(blocks))
-    if workers < 2:
-        work(blocks)
-        return
-    if _POOL is None or _POOL._max_workers < workers:
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="portanet")
-    share = -(-len(blocks) // workers)
-    list(_POOL.map(work, [blocks[i : i + share] for i in range(0, len(blocks), share)]))
 
 
 def _assign(dst: Array, value: Array) -> Array:
