@@ -38,6 +38,7 @@ class ParameterView(MutableMapping):
 
     def __init__(self, layers: Sequence[Layer], attr: str = "params"):
         self._attr = attr
+        self.version = 0  # counts assignments, so optimizers can tell nothing was replaced
         # Names are fixed once the layers are built; look them up in one dict.
         self._index: dict[str, tuple[Layer, str]] = {
             f"{i}.{name}": (layer, name) for i, layer in enumerate(layers) for name in layer.params
@@ -53,6 +54,7 @@ class ParameterView(MutableMapping):
     def __setitem__(self, key: str, value: Array) -> None:
         layer, name = self._index[key]
         getattr(layer, self._attr)[name] = value
+        self.version += 1
 
     def __delitem__(self, key: str) -> None:
         raise TypeError("parameters cannot be deleted")

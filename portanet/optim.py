@@ -86,10 +86,13 @@ class Optimizer:
         # True while state may sit on the host or another device (after a load or move).
         self._check_placement = False
         self._packed: _Packed | None = None
+        self._packed_seen: tuple[Any, Any, Any] | None = None
 
     def step(self, params: MutableMapping[str, Array], grads: Mapping[str, Array]) -> None:
         """Apply one update to ``params`` from ``grads`` (both keyed by parameter name)."""
-        missing = [name for name in params if name not in grads]
+        packed = self._packed_for(params)
+        names = packed.names if packed is not None else list(params)
+        missing = [name for name in names if name not in grads]
         if missing:
             raise KeyError(f"{type(self).__name__}.step: no gradient for parameters {missing}")
         if self.clip_value is not None:
@@ -101,8 +104,8 @@ class Optimizer:
                 for slot in self.slots:
                     self._state_for(slot, name, params[name])
             self._check_placement = False
+            packed = self._packed_for(params)
         self._prepare_step(self.step_count + 1)
-        packed = self._packed_for(params)
         if packed is not None:  # small network: one update over all parameters at once
             xp = namespace_of(packed.p)
             flat_g = xp.concat([xp.reshape(grads[name], (-1,)) for name in packed.names])
@@ -115,9 +118,16 @@ class Optimizer:
     def _packed_for(self, params: MutableMapping[str, Array]) -> _Packed | None:
         """The flat buffers of a small network's parameters and state, made on first use
         (and again after anything replaced a parameter or a state array)."""
-        if self._packed is not None and self._packed.intact(params, self.state):
+        # A network's live parameter view counts its assignments (``version``): while
+        # it and the state dict are unchanged, the last decision stands, at no cost.
+        seen = (params, getattr(params, "version", None), self.state)
+        if self._packed_seen is not None and seen[1] is not None and all(
+            a is b for a, b in zip(seen, self._packed_seen)
+        ):
             return self._packed
-        self._packed = _Packed.make(params, self, self.slots)
+        if self._packed is None or not self._packed.intact(params, self.state):
+            self._packed = _Packed.make(params, self, self.slots)
+        self._packed_seen = (params, getattr(params, "version", None), self.state)
         return self._packed
 
     def _prepare_step(self, t: int) -> None:
@@ -201,6 +211,7 @@ class Optimizer:
         self.step_count = step
         self.state = new_state
         self._check_placement = True
+        self._packed_seen = None
 
     def map_state(self, fn: Callable[[Array], Array]) -> None:
         """Replace every state array ``a`` with ``fn(a)`` (used to move between devices)."""
@@ -208,6 +219,7 @@ class Optimizer:
             for name in arrays:
                 arrays[name] = fn(arrays[name])
         self._check_placement = True
+        self._packed_seen = None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if v is not None)

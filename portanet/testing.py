@@ -43,7 +43,7 @@ AGREEMENT_RTOL: dict[str, float] = {"float64": 1e-10, "float32": 1e-4}
 #: Norm-relative bound for gradients and optimizer trajectories vs torch.
 ORACLE_RTOL: dict[str, float] = {"float64": 1e-10, "float32": 1e-5}
 
-#: Norm-relative bound for central differences (float64, h = 1e-6).
+#: Norm-relative bound for central differences (float64, h = 4e-6).
 FINITE_DIFFERENCE_RTOL = 1e-6
 
 

@@ -151,3 +151,15 @@ def test_leaky_relu_any_slope(xp, slope, x_host):
     assert_close(act(x), np.where(xf > 0, xf, slope * xf), "float32")
     g = put(xs, device, np.ones_like(x_host), "float32")
     assert_close(act.backward(x, act(x), g), np.where(xf > 0, 1.0, slope), "float32")
+
+
+@pytest.mark.parametrize("slope", [0.01, 0.1, 0.3, 2.5, -0.5])
+def test_leaky_relu_backward_is_bitwise_the_where_form(xp, dtype, slope):
+    xs, device = xp
+    rng = np.random.default_rng(7)
+    x, g = rng.normal(size=(64, 33)), rng.normal(size=(64, 33))
+    act = A.LeakyReLU(slope)
+    got = host(act.backward(put(xs, device, x, dtype), None, put(xs, device, g, dtype)))
+    gd = g.astype(dtype)
+    expected = np.where(x.astype(dtype) > 0, gd, np.asarray(slope, dtype=dtype) * gd)
+    np.testing.assert_array_equal(got, expected.astype(np.float64))
