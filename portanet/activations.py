@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ._spec import from_spec
 from .backend import namespace_of
 
 __all__ = [
@@ -57,7 +58,7 @@ class Activation:
     def __init__(self, f: Callable[[Array], Array], df: Callable[[Array], Array], name: str = ""):
         self.f = f
         self.df = df
-        self.name = name or getattr(f, "__name__", "activation")
+        self.name = name or getattr(f, "__name__", "activation", "activations")
 
     def __call__(self, x: Array) -> Array:
         return self.f(x)
@@ -291,15 +292,4 @@ def get(spec: str | Activation | dict[str, Any] | None) -> Activation:
         return identity
     if isinstance(spec, Activation):
         return spec
-    if isinstance(spec, dict):
-        kwargs = dict(spec)
-        name = kwargs.pop("name", None)
-    else:
-        name, kwargs = spec, {}
-    if not isinstance(name, str) or name not in _BY_NAME:
-        known = ", ".join(sorted(_BY_NAME))
-        raise ValueError(f"unknown activation {spec!r}; known activations are {known}")
-    try:
-        return _BY_NAME[name](**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"bad parameters for activation {name!r}: {exc}") from exc
+    return from_spec(spec, _BY_NAME, "activation", "activations")

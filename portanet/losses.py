@@ -14,6 +14,7 @@ from typing import Any
 
 from array_api_compat import device as device_of
 
+from ._spec import from_spec
 from .backend import namespace_of
 
 __all__ = [
@@ -51,7 +52,7 @@ class Loss:
     ):
         self.f = f
         self.df = df
-        self.name = name or getattr(f, "__name__", "loss")
+        self.name = name or getattr(f, "__name__", "loss", "losses")
 
     def __call__(self, pred: Array, target: Array) -> Array:
         return self.value(pred, target)
@@ -270,12 +271,4 @@ def get(spec: str | Loss | dict[str, Any]) -> Loss:
     """Return a :class:`Loss` from a name (``"mse"``, ...), a config dict, or an instance."""
     if isinstance(spec, Loss):
         return spec
-    if isinstance(spec, dict):
-        kwargs = dict(spec)
-        name = kwargs.pop("name", None)
-    else:
-        name, kwargs = spec, {}
-    if not isinstance(name, str) or name not in _BY_NAME:
-        known = ", ".join(sorted(_BY_NAME))
-        raise ValueError(f"unknown loss {spec!r}; known losses are {known}")
-    return _BY_NAME[name](**kwargs)
+    return from_spec(spec, _BY_NAME, "loss", "losses")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import strategies as st
 
 import portanet as pn
 from portanet.backend import backend_name
@@ -29,3 +30,41 @@ def assert_on(xp, device, a, dtype: str | None = None, shape=None):
         assert a.dtype == getattr(xp, dtype), f"dtype {a.dtype}, expected {dtype}"
     if shape is not None:
         assert tuple(a.shape) == tuple(shape)
+
+
+def randomize(net, rng, scale: float = 1.0) -> None:
+    """Random weights (std scale/sqrt(fan_in)) and nonzero random biases, drawn on the host."""
+    state = {}
+    for name, p in net.state_dict().items():
+        std = scale / np.sqrt(p.shape[0]) if p.ndim == 2 else 0.5
+        state[name] = rng.normal(0.0, std, size=p.shape)
+    net.load_state_dict(state)
+
+
+def make_targets(loss_name: str, rng, n: int, k: int) -> np.ndarray:
+    """Targets that suit the named loss: labels, probabilities, or real values."""
+    if loss_name.startswith("cross_entropy") and "labels" in loss_name:
+        return rng.integers(0, k, size=n)
+    if loss_name.startswith("cross_entropy"):
+        return rng.dirichlet(np.ones(k), size=n)
+    if loss_name == "bce_with_logits":
+        return rng.uniform(0.0, 1.0, size=(n, k))
+    return rng.normal(0.0, 1.0, size=(n, k))
+
+
+@st.composite
+def network_specs(draw, activations: list[str], losses: list[str]) -> dict:
+    """A random network: depth 1-5, widths 1-64, batch 1-33, activations, loss, dropout."""
+    depth = draw(st.integers(1, 5))
+    widths = draw(st.lists(st.integers(1, 64), min_size=depth + 1, max_size=depth + 1))
+    return {
+        "widths": widths,
+        "activations": draw(st.lists(st.sampled_from(activations),
+                                     min_size=depth, max_size=depth)),
+        "bias": draw(st.lists(st.booleans(), min_size=depth, max_size=depth)),
+        "dropout": draw(st.lists(st.sampled_from([0.0, 0.0, 0.25, 0.5]),
+                                 min_size=depth - 1, max_size=depth - 1)),
+        "batch": draw(st.integers(1, 33)),
+        "loss": draw(st.sampled_from(losses)),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from _util import make_targets, network_specs, randomize
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -185,25 +186,6 @@ def assert_resolvable_arrays(results, loss_value: float) -> None:
 def away_from_zero(rng, shape, low=0.1, high=3.0) -> np.ndarray:
     """Values with ``low <= |v| <= high`` and random signs."""
     return rng.choice([-1.0, 1.0], size=shape) * rng.uniform(low, high, size=shape)
-
-
-def randomize(net, rng, scale=1.0) -> None:
-    """Random weights (std scale/sqrt(fan_in)) and nonzero random biases."""
-    state = {}
-    for name, p in net.state_dict().items():
-        std = scale / np.sqrt(p.shape[0]) if p.ndim == 2 else 0.5
-        state[name] = rng.normal(0.0, std, size=p.shape)
-    net.load_state_dict(state)
-
-
-def make_targets(loss_name: str, rng, n: int, k: int):
-    if loss_name.startswith("cross_entropy") and "labels" in loss_name:
-        return rng.integers(0, k, size=n)
-    if loss_name.startswith("cross_entropy"):
-        return rng.dirichlet(np.ones(k), size=n)
-    if loss_name == "bce_with_logits":
-        return rng.uniform(0.0, 1.0, size=(n, k))
-    return rng.normal(0.0, 1.0, size=(n, k))
 
 
 def kink_distance(net, x, y, loss) -> float:
@@ -396,23 +378,6 @@ def test_sequential_gradients_match_finite_differences(xp, float64, name):
 # --------------------------------------------------- property tests ----
 
 
-@st.composite
-def network_specs(draw):
-    depth = draw(st.integers(1, 5))
-    widths = draw(st.lists(st.integers(1, 64), min_size=depth + 1, max_size=depth + 1))
-    return {
-        "widths": widths,
-        "activations": draw(st.lists(st.sampled_from(list(ACTIVATIONS)),
-                                     min_size=depth, max_size=depth)),
-        "bias": draw(st.lists(st.booleans(), min_size=depth, max_size=depth)),
-        "dropout": draw(st.lists(st.sampled_from([0.0, 0.0, 0.25, 0.5]),
-                                 min_size=depth - 1, max_size=depth - 1)),
-        "batch": draw(st.integers(1, 33)),
-        "loss": draw(st.sampled_from(list(LOSSES))),
-        "seed": draw(st.integers(0, 2**32 - 1)),
-    }
-
-
 def build_from_spec(spec, xp) -> pn.Sequential:
     layers = []
     w = spec["widths"]
@@ -436,7 +401,7 @@ PROPERTY_SETTINGS = settings(
 
 
 @PROPERTY_SETTINGS
-@given(spec=network_specs())
+@given(spec=network_specs(list(ACTIVATIONS), list(LOSSES)))
 def test_random_networks_match_finite_differences(xp, float64, spec):
     net = build_from_spec(spec, xp)
     loss = LOSSES[spec["loss"]]()

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _util import make_targets, network_specs, randomize
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import portanet as pn
 from portanet import activations as A
@@ -127,24 +127,6 @@ def freeze_dropout(net: pn.Sequential, x) -> None:
     for layer in net.layers:
         if isinstance(layer, pn.Dropout):
             layer.draw_mask = lambda shape, mask=layer._mask: mask
-
-
-def randomize(net: pn.Sequential, rng) -> None:
-    state = {}
-    for name, p in net.state_dict().items():
-        std = 1.0 / np.sqrt(p.shape[0]) if p.ndim == 2 else 0.5
-        state[name] = rng.normal(0.0, std, size=p.shape)
-    net.load_state_dict(state)
-
-
-def make_targets(loss_name: str, rng, n: int, k: int) -> np.ndarray:
-    if loss_name.startswith("cross_entropy") and "labels" in loss_name:
-        return rng.integers(0, k, size=n)
-    if loss_name.startswith("cross_entropy"):
-        return rng.dirichlet(np.ones(k), size=n)
-    if loss_name == "bce_with_logits":
-        return rng.uniform(0.0, 1.0, size=(n, k))
-    return rng.normal(0.0, 1.0, size=(n, k))
 
 
 def softplus_inputs_below_threshold(net: pn.Sequential, x: np.ndarray) -> bool:
@@ -258,25 +240,8 @@ def test_loss_values_match_torch_for_large_logits():
     assert norm_rel_diff(pn_bce, t_bce) <= RTOL
 
 
-@st.composite
-def network_specs(draw):
-    depth = draw(st.integers(1, 5))
-    widths = draw(st.lists(st.integers(1, 64), min_size=depth + 1, max_size=depth + 1))
-    return {
-        "widths": widths,
-        "activations": draw(st.lists(st.sampled_from(list(ACTIVATIONS)),
-                                     min_size=depth, max_size=depth)),
-        "bias": draw(st.lists(st.booleans(), min_size=depth, max_size=depth)),
-        "dropout": draw(st.lists(st.sampled_from([0.0, 0.0, 0.25, 0.5]),
-                                 min_size=depth - 1, max_size=depth - 1)),
-        "batch": draw(st.integers(1, 33)),
-        "loss": draw(st.sampled_from(list(LOSSES))),
-        "seed": draw(st.integers(0, 2**32 - 1)),
-    }
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=network_specs())
+@given(spec=network_specs(list(ACTIVATIONS), list(LOSSES)))
 def test_random_networks_match_autograd(spec):
     layers = []
     w = spec["widths"]
