@@ -68,3 +68,14 @@ def network_specs(draw, activations: list[str], losses: list[str]) -> dict:
         "loss": draw(st.sampled_from(losses)),
         "seed": draw(st.integers(0, 2**32 - 1)),
     }
+
+
+def layers_from_spec(spec: dict, activation) -> list:
+    """The layers of a :func:`network_specs` draw; ``activation(name)`` makes each unit."""
+    layers = []
+    w = spec["widths"]
+    for i, name in enumerate(spec["activations"]):
+        if i > 0 and spec["dropout"][i - 1]:
+            layers.append(pn.Dropout(spec["dropout"][i - 1]))
+        layers.append(pn.Dense(w[i], w[i + 1], activation=activation(name), bias=spec["bias"][i]))
+    return layers

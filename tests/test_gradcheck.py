@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from _util import make_targets, network_specs, randomize
+from _util import layers_from_spec, make_targets, network_specs, randomize
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -379,14 +379,7 @@ def test_sequential_gradients_match_finite_differences(xp, float64, name):
 
 
 def build_from_spec(spec, xp) -> pn.Sequential:
-    layers = []
-    w = spec["widths"]
-    for i, act in enumerate(spec["activations"]):
-        if i > 0 and spec["dropout"][i - 1]:
-            layers.append(pn.Dropout(spec["dropout"][i - 1]))
-        layers.append(pn.Dense(w[i], w[i + 1], activation=ACTIVATIONS[act](),
-                               bias=spec["bias"][i]))
-    return build(layers, xp, seed=spec["seed"])
+    return build(layers_from_spec(spec, lambda name: ACTIVATIONS[name]()), xp, seed=spec["seed"])
 
 
 # JAX compiles every op anew for each new shape (~25 ms apiece), so a drawn

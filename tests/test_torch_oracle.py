@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _util import make_targets, network_specs, randomize
+from _util import layers_from_spec, make_targets, network_specs, randomize
 from hypothesis import HealthCheck, given, settings
 
 import portanet as pn
@@ -243,14 +243,8 @@ def test_loss_values_match_torch_for_large_logits():
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=network_specs(list(ACTIVATIONS), list(LOSSES)))
 def test_random_networks_match_autograd(spec):
-    layers = []
     w = spec["widths"]
-    for i, act in enumerate(spec["activations"]):
-        if i > 0 and spec["dropout"][i - 1]:
-            layers.append(pn.Dropout(spec["dropout"][i - 1]))
-        layers.append(pn.Dense(w[i], w[i + 1], activation=ACTIVATIONS[act](),
-                               bias=spec["bias"][i]))
-    net = build(layers, seed=spec["seed"])
+    net = build(layers_from_spec(spec, lambda name: ACTIVATIONS[name]()), seed=spec["seed"])
     rng = np.random.default_rng(spec["seed"])
     randomize(net, rng)
     x = rng.normal(size=(spec["batch"], w[0]))
