@@ -6,7 +6,22 @@ import numpy as np
 from hypothesis import strategies as st
 
 import portanet as pn
+from portanet import activations as A
 from portanet.backend import backend_name
+
+#: Every built-in activation, by name, as the gradient tests draw them.
+ACTIVATIONS = {
+    "identity": lambda: A.identity,
+    "relu": lambda: A.relu,
+    "leaky_relu": lambda: A.LeakyReLU(0.1),  # the notebook's slope
+    "elu": lambda: A.ELU(0.7),  # alpha != 1: f' jumps at 0 too
+    "sigmoid": lambda: A.sigmoid,
+    "tanh": lambda: A.tanh,
+    "gelu": lambda: A.gelu,
+    "silu": lambda: A.silu,
+    "softplus": lambda: A.softplus,
+    "softmax": lambda: A.softmax,
+}
 
 
 def host(a):

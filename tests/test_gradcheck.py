@@ -23,12 +23,11 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from _util import layers_from_spec, make_targets, network_specs, randomize
+from _util import ACTIVATIONS, layers_from_spec, make_targets, network_specs, randomize
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import portanet as pn
-from portanet import activations as A
 from portanet.backend import to_numpy
 from portanet.testing import FINITE_DIFFERENCE_RTOL, norm_rel_diff
 
@@ -41,18 +40,6 @@ H = 4e-6
 # closer than this to a kink could cross it and are kept out of the checks.
 KINK_MARGIN = 8e-5
 
-ACTIVATIONS: dict[str, Callable[[], A.Activation]] = {
-    "identity": lambda: A.identity,
-    "relu": lambda: A.relu,
-    "leaky_relu": lambda: A.LeakyReLU(0.1),  # the notebook's slope
-    "elu": lambda: A.ELU(0.7),  # alpha != 1: f' jumps at 0 too
-    "sigmoid": lambda: A.sigmoid,
-    "tanh": lambda: A.tanh,
-    "gelu": lambda: A.gelu,
-    "silu": lambda: A.silu,
-    "softplus": lambda: A.softplus,
-    "softmax": lambda: A.softmax,
-}
 KINKED = ("relu", "leaky_relu", "elu")
 
 LOSSES: dict[str, Callable[[], pn.Loss]] = {

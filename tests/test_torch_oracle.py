@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _util import layers_from_spec, make_targets, network_specs, randomize
+from _util import ACTIVATIONS, layers_from_spec, make_targets, network_specs, randomize
 from hypothesis import HealthCheck, given, settings
 
 import portanet as pn
@@ -29,19 +29,6 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 RTOL = ORACLE_RTOL["float64"]
-
-ACTIVATIONS = {
-    "identity": lambda: A.identity,
-    "relu": lambda: A.relu,
-    "leaky_relu": lambda: A.LeakyReLU(0.1),
-    "elu": lambda: A.ELU(0.7),
-    "sigmoid": lambda: A.sigmoid,
-    "tanh": lambda: A.tanh,
-    "gelu": lambda: A.gelu,
-    "silu": lambda: A.silu,
-    "softplus": lambda: A.softplus,
-    "softmax": lambda: A.softmax,
-}
 
 LOSSES = {
     "mse": (pn.MSE, lambda: nn.MSELoss()),
