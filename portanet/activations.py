@@ -58,7 +58,7 @@ class Activation:
     def __init__(self, f: Callable[[Array], Array], df: Callable[[Array], Array], name: str = ""):
         self.f = f
         self.df = df
-        self.name = name or getattr(f, "__name__", "activation", "activations")
+        self.name = name or getattr(f, "__name__", "activation")
 
     def __call__(self, x: Array) -> Array:
         return self.f(x)

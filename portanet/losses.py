@@ -52,7 +52,7 @@ class Loss:
     ):
         self.f = f
         self.df = df
-        self.name = name or getattr(f, "__name__", "loss", "losses")
+        self.name = name or getattr(f, "__name__", "loss")
 
     def __call__(self, pred: Array, target: Array) -> Array:
         return self.value(pred, target)

@@ -174,3 +174,29 @@ def test_interrupt_during_the_last_step_keeps_the_epoch():
     assert h.interrupted and h.epoch == [0] and net.epoch == 1
     assert net.optimizer.step_count == 2
     assert np.isfinite(host(net.predict(x))).all()
+
+
+def test_custom_activation_and_loss_without_a_name_take_the_function_name():
+    # was: TypeError: getattr expected at most 3 arguments, got 4
+    def cube(x):
+        return x * x * x
+
+    def cube_grad(x):
+        return 3.0 * x * x
+
+    def sq_err(p, t):
+        return pn.losses.MSE._f(p, t)
+
+    def sq_err_grad(p, t):
+        return pn.losses.MSE._df(p, t)
+
+    assert pn.activations.Activation(cube, cube_grad).name == "cube"
+    assert pn.activations.Activation(lambda x: x, lambda x: x).name == "<lambda>"
+    assert pn.losses.Loss(sq_err, sq_err_grad).name == "sq_err"
+    net = pn.Sequential([pn.Dense(2, 3, activation=pn.activations.Activation(cube, cube_grad)),
+                         pn.Dense(3, 1)], backend="numpy", seed=0)
+    loss = pn.losses.Loss(sq_err, sq_err_grad)
+    before = float(net.evaluate([[1.0, 2.0]], [[0.5]], loss=loss)["loss"])
+    for _ in range(20):
+        net.train_step([[1.0, 2.0]], [[0.5]], loss, pn.SGD(0.01))
+    assert float(net.evaluate([[1.0, 2.0]], [[0.5]], loss=loss)["loss"]) < before
