@@ -1,4 +1,8 @@
-"""Optimizers with exactly the update rules of ``torch.optim``.
+"""Optimizers with the update rules of ``torch.optim``.
+
+SGD follows torch's operations one for one; Adam computes the same rule in
+the equivalent form of its paper, one array pass fewer, and so agrees with
+torch up to rounding (``tests/test_torch_oracle.py`` bounds the difference).
 
 An optimizer is a little state plus an update rule. ``step(params, grads)``
 updates a mapping of named parameters with augmented assignment
@@ -108,7 +112,7 @@ class Optimizer:
         self._prepare_step(self.step_count + 1)
         if packed is not None:  # small network: one update over all parameters at once
             xp = namespace_of(packed.p)
-            flat_g = xp.concat([xp.reshape(grads[name], (-1,)) for name in packed.names])
+            flat_g = xp.concat([grads[name] for name in packed.names], axis=None)  # flattened
             self._rule(packed.p, flat_g, *packed.state)
         else:
             for name in params:
@@ -383,6 +387,12 @@ class Adam(Optimizer):
     - ``v <- b2 v + (1 - b2) g^2``         (second moment)
     - ``v_max <- max(v_max, v)`` and use ``v_max`` for ``v`` (AMSGrad only)
     - ``p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``
+
+    The last line is computed in the equivalent form of Kingma & Ba (2015,
+    section 2), ``p <- p - a_t * m / (sqrt(v) + eps_t)`` with
+    ``a_t = lr sqrt(1 - b2^t) / (1 - b1^t)`` and ``eps_t = eps sqrt(1 - b2^t)``:
+    the bias corrections become two host scalars, and the update makes one pass
+    over the arrays fewer. It differs from torch's order only by rounding.
     """
 
     def __init__(
@@ -405,8 +415,9 @@ class Adam(Optimizer):
 
     def _prepare_step(self, t: int) -> None:
         b1, b2 = self.betas
-        self._step_size = self.lr / (1.0 - b1**t)
-        self._bias_correction2_sqrt = math.sqrt(1.0 - b2**t)
+        bias_correction2_sqrt = math.sqrt(1.0 - b2**t)
+        self._step_size = self.lr * bias_correction2_sqrt / (1.0 - b1**t)  # a_t
+        self._eps_t = self.eps * bias_correction2_sqrt
 
     def _decay(self, p: Array, g: Array) -> tuple[Array, Array]:
         """Adam folds weight decay into the gradient (L2); AdamW overrides this."""
@@ -428,10 +439,9 @@ class Adam(Optimizer):
         if self.amsgrad:
             vmax = [_assign(vmax[0], xp.maximum(vmax[0], v))]
             second = vmax[0]
-        denom = xp.sqrt(second)  # sqrt(v) / sqrt(1 - b2^t) + eps
-        denom /= self._bias_correction2_sqrt
-        denom += self.eps
-        step = m / denom  # p <- p - lr / (1 - b1^t) * m / denom
+        denom = xp.sqrt(second)  # sqrt(v) + eps_t
+        denom += self._eps_t
+        step = m / denom  # p <- p - a_t * m / denom
         step *= self._step_size
         p -= step
         return (p, m, v, *vmax)
