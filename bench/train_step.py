@@ -542,7 +542,12 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "round_spread": (max(r["step_ms"]["median"] for r in rs)
                              / min(r["step_ms"]["median"] for r in rs)),
             "p10_ms": _pct(pooled, 10), "p90_ms": _pct(pooled, 90),
-            "gemm_ms": gemm_ms, "ceiling": gemm_ms / median_ms,
+            "gemm_ms": gemm_ms,
+            # Each round's ceiling comes from one process (steps and GEMMs in one loop), so
+            # the median of those is steadier than a ratio of medians taken across rounds.
+            "ceiling": statistics.median(r["gemm_ms"]["median"] / r["step_ms"]["median"]
+                                         for r in rs),
+            "round_ms": {r["round"]: r["step_ms"]["median"] for r in rs},
             "samples_per_s": batch / (median_ms / 1e3),
             "gflops": flops / (median_ms / 1e3) / 1e9,
             "peak_rss_bytes": max(r["memory"]["peak_rss_bytes"] for r in rs),
@@ -554,15 +559,28 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "final_loss": [r["final_loss"] for r in rs],
             "notes": sorted({n for r in rs for n in r.get("notes", [])}),
         })
-    torch_ms = {(r["config"], r["batch"], r["dtype"]): r["median_ms"] for r in rows
-                if r["framework"] == "torch"}
+    torch_rows = {(r["config"], r["batch"], r["dtype"]): r for r in rows if r["framework"] == "torch"}
     for row in rows:
-        ref = torch_ms.get((row["config"], row["batch"], row["dtype"]))
-        row["vs_torch"] = ref / row["median_ms"] if ref else None
+        ref = torch_rows.get((row["config"], row["batch"], row["dtype"]))
+        row["vs_torch"] = None if ref is None else paired_ratio(ref["round_ms"], row["round_ms"])
     order = list(FRAMEWORKS)
     rows.sort(key=lambda r: (list(CONFIGS).index(r["config"]), r["dtype"], r["batch"],
                              order.index(r["framework"])))
     return rows
+
+
+def paired_ratio(ref_ms: dict[int, float], ms: dict[int, float]) -> float:
+    """Median over rounds of ``ref / this``, pairing the two runs of the same round.
+
+    A round runs the frameworks back to back, so a slow spell of a shared machine
+    (which lasts minutes) tends to slow both sides of one round's ratio; the ratio
+    of two medians taken over different rounds would not cancel it. Without a
+    common round it falls back to the ratio of the medians.
+    """
+    common = sorted(set(ref_ms) & set(ms))
+    if not common:
+        return statistics.median(ref_ms.values()) / statistics.median(ms.values())
+    return statistics.median(ref_ms[k] / ms[k] for k in common)
 
 
 def _pct(sorted_values: list[float], q: float) -> float:
@@ -682,7 +700,10 @@ def write_markdown(record: dict[str, Any], rows: list[dict[str, Any]], path: Pat
         "the GEMMs it computes: autograd skips the first layer's input gradient, and so does "
         f"portanet's train_step{_first_dx_note(record)}. 1.0 means the step costs no more than "
         "its matmuls.",
-        "- **vs torch** = torch eager step time / this step time (above 1: faster than torch).",
+        "- **vs torch** = torch eager step time / this step time (above 1: faster than torch), "
+        "the median over rounds of the ratio within each round (the frameworks of a round run "
+        "back to back, so a slow spell of the machine tends to hit both sides of one ratio). "
+        "**ceiling** likewise is the median of each round's ratio.",
         "- **peak MiB**: " + ("GPU pool peak (CuPy pool total_bytes, "
                               "torch.cuda.max_memory_allocated) after warm-up."
                               if device == "cuda" else
