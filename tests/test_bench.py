@@ -48,3 +48,19 @@ def test_vs_torch_pairs_the_runs_of_each_round(bench):
 def test_paired_ratio_falls_back_to_medians_without_a_common_round(bench):
     assert bench.paired_ratio({0: 4.0, 1: 2.0, 2: 3.0}, {5: 1.0}) == pytest.approx(3.0)
     assert bench.paired_ratio({0: 4.0, 1: 2.0}, {1: 1.0, 2: 9.0}) == pytest.approx(2.0)
+
+
+def test_step_breakdown_runs_and_its_phases_add_up(capsys):
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import step_breakdown
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    assert step_breakdown.main(["tiny", "--steps", "5"]) == 0
+    out = capsys.readouterr().out
+    ms = {line.strip().rsplit(" ms", 1)[0].rsplit(None, 1)[0].strip(): float(
+        line.rsplit(" ms", 1)[0].rsplit(None, 1)[1]) for line in out.splitlines() if " ms " in line}
+    step = ms["step (forward+loss+backward + update)"]
+    assert step > 0
+    assert step == pytest.approx(ms["forward+loss+backward"] + ms["update (Adam)"], abs=2e-3)
+    assert "GEMM ceiling" in out
