@@ -26,23 +26,15 @@ from _worker import LEARNING_RATE, gemm_host_arrays, host_data, portanet_network
 from train_step import CONFIGS  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("config", choices=list(CONFIGS))
-    p.add_argument("--backend", default="numpy", choices=["numpy", "torch", "array_api_strict"],
-                   help="a backend that computes eagerly on the CPU (default numpy)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--batch", type=int, help="batch size (default: the config's)")
-    p.add_argument("--steps", type=int, default=300, help="timed steps (default 300)")
-    args = p.parse_args(argv)
-
+def measure(config: str, backend: str = "numpy", dtype: str = "float32",
+            batch: int | None = None, steps: int = 300) -> dict[str, float]:
+    """Median ms of each phase: ``forward+loss+backward``, ``update`` and ``GEMMs alone``."""
     import portanet as pn
     from portanet.backend import to_array
 
-    cfg = CONFIGS[args.config]
-    batch = args.batch or cfg.batch
-    sizes = list(cfg.sizes)
-    net = portanet_network(sizes, args.backend, None, args.dtype, seed=0)
+    sizes = list(CONFIGS[config].sizes)
+    batch = batch or CONFIGS[config].batch
+    net = portanet_network(sizes, backend, None, dtype, seed=0)
     xp = net.xp
     opt = pn.Adam(lr=LEARNING_RATE)
     loss = pn.losses.get("mse")
@@ -61,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(5):
         net.train_step(x, y, loss, opt)
     phases: dict[str, list[float]] = {"forward+loss+backward": [], "update": [], "GEMMs alone": []}
-    for _ in range(args.steps):
+    for _ in range(steps):
         t0 = time.perf_counter()
-        net._loss_and_gradients(x, y, loss)  # train_step's two halves, with its own checks off
+        net._loss_and_gradients(x, y, loss)  # train_step's two halves, without its input checks
         t1 = time.perf_counter()
         net._apply_gradients(opt)
         t2 = time.perf_counter()
@@ -72,16 +64,29 @@ def main(argv: list[str] | None = None) -> int:
         phases["forward+loss+backward"].append(t1 - t0)
         phases["update"].append(t2 - t1)
         phases["GEMMs alone"].append(t3 - t2)
+    return {k: statistics.median(v) * 1e3 for k, v in phases.items()}
 
-    med = {k: statistics.median(v) * 1e3 for k, v in phases.items()}
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config", choices=list(CONFIGS))
+    p.add_argument("--backend", default="numpy", choices=["numpy", "torch", "array_api_strict"],
+                   help="a backend that computes eagerly on the CPU (default numpy)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--batch", type=int, help="batch size (default: the config's)")
+    p.add_argument("--steps", type=int, default=300, help="timed steps (default 300)")
+    args = p.parse_args(argv)
+
+    med = measure(args.config, args.backend, args.dtype, args.batch, args.steps)
+    cfg = CONFIGS[args.config]
     step = med["forward+loss+backward"] + med["update"]
-    rest = med["forward+loss+backward"] - med["GEMMs alone"]
-    print(f"{cfg.name} {'-'.join(map(str, sizes))}, batch {batch}, {args.dtype}, "
-          f"{args.backend}, Adam, {net.num_parameters():,} parameters; median of {args.steps} steps")
+    print(f"{cfg.name} {cfg.label}, batch {args.batch or cfg.batch}, {args.dtype}, "
+          f"{args.backend}, Adam; median of {args.steps} steps")
     rows = [("step (forward+loss+backward + update)", step),
             ("  forward+loss+backward", med["forward+loss+backward"]),
             ("    of which GEMMs (timed alone)", med["GEMMs alone"]),
-            ("    of which the rest (bias, activation, loss, sums)", rest),
+            ("    of which the rest (bias, activation, loss, sums)",
+             med["forward+loss+backward"] - med["GEMMs alone"]),
             ("  update (Adam)", med["update"])]
     for label, ms in rows:
         print(f"{label:<54} {ms:9.3f} ms  {ms / step:6.1%}")
