@@ -454,7 +454,8 @@ class _DivergenceGuard:
 class _Interrupts:
     """Turn Ctrl-C into a flag checked at step boundaries (main thread only).
 
-    A second Ctrl-C raises at once, as usual.
+    A second Ctrl-C raises at once, as usual. Where SIGINT is ignored (``nohup``,
+    a background job) or handled outside Python, it is left alone.
     """
 
     def __init__(self) -> None:
@@ -463,8 +464,10 @@ class _Interrupts:
 
     def __enter__(self) -> _Interrupts:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            old = signal.getsignal(signal.SIGINT)
+            if old is not None and old != signal.SIG_IGN:
+                self._old = old
+                signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -94,3 +97,14 @@ def layers_from_spec(spec: dict, activation) -> list:
             layers.append(pn.Dropout(spec["dropout"][i - 1]))
         layers.append(pn.Dense(w[i], w[i + 1], activation=activation(name), bias=spec["bias"][i]))
     return layers
+
+
+@contextlib.contextmanager
+def python_sigint_handler():
+    """Python's own Ctrl-C handler for the duration, whatever this process inherited
+    (``nohup`` and background jobs start with SIGINT ignored, which fit respects)."""
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, outer)

@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from _util import host
+from _util import host, python_sigint_handler
 
 import portanet as pn
 from portanet.testing import assert_close
@@ -244,12 +244,33 @@ def test_ctrl_c_stops_at_a_step_boundary():
                 os.kill(os.getpid(), signal.SIGINT)
 
     opt = pn.Adam(1e-2)
-    history = net.fit(x, y, loss="cross_entropy", optimizer=opt, epochs=5, batch_size=10,
-                      verbose=0, callbacks=[PressCtrlC()])
+    with python_sigint_handler():
+        history = net.fit(x, y, loss="cross_entropy", optimizer=opt, epochs=5, batch_size=10,
+                          verbose=0, callbacks=[PressCtrlC()])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     assert history.interrupted and history.epoch == [0]
     assert opt.step_count == 8 + 3  # a full epoch, then steps 0-2 of the second
     assert all(np.all(np.isfinite(v)) for v in net.state_dict().values())
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
+def test_an_ignored_sigint_stays_ignored_during_fit():
+    # Under nohup or in a background job SIGINT is ignored: fit must not take it over.
+    x, y = _blobs(40)
+    net = _classifier()
+
+    class SendSigint(pn.training.Callback):
+        def on_batch_end(self, step, logs):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        history = net.fit(x, y, loss="cross_entropy", optimizer=pn.Adam(1e-2), epochs=2,
+                          batch_size=10, verbose=0, callbacks=[SendSigint()])
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, outer)
+    assert not history.interrupted and history.epoch == [0, 1]
 
 
 def test_history_plot(tmp_path):
