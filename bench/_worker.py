@@ -215,6 +215,39 @@ def _cuda_event_timer_cupy() -> Callable[[Callable[[], Any]], tuple[float, Any]]
     return timer
 
 
+def portanet_computes_first_dx() -> bool:
+    """Whether portanet's train_step computes the first layer's dL/dx: it skips it where
+    ``Layer.backward`` takes ``need_input_grad`` (older versions computed it)."""
+    import portanet as pn
+
+    return "need_input_grad" not in inspect.signature(pn.Dense.backward).parameters
+
+
+def portanet_gemms(net: Any, sizes: list[int], batch: int, seed: int) -> Callable[[], list[Any]]:
+    """The GEMMs of one portanet training step alone, on inputs made once on ``net``'s device.
+
+    They are portanet's Dense forward and backward products, in its own expressions
+    and layouts (W is (in, out)), leaving out what train_step leaves out.
+    """
+    from portanet.backend import to_array
+
+    weights = [layer.params["weight"] for layer in net.layers]
+    gemm_in = [(to_array(a, net.xp, net.device, net.dtype), to_array(d, net.xp, net.device, net.dtype))
+               for a, d in gemm_host_arrays(sizes, batch, seed)]
+    first_dx = portanet_computes_first_dx()
+
+    def gemms() -> list[Any]:
+        outs = []
+        for i, (w, (a, dz)) in enumerate(zip(weights, gemm_in)):
+            outs.append(a @ w)
+            outs.append(a.T @ dz)
+            if i > 0 or first_dx:
+                outs.append(dz @ w.T)
+        return outs
+
+    return gemms
+
+
 def setup_portanet(spec: dict[str, Any]) -> Bench:
     """portanet on one backend: ``net.train_step(x, y, "mse", Adam(lr=1e-3))``."""
     import portanet as pn
@@ -240,23 +273,8 @@ def setup_portanet(spec: dict[str, Any]) -> Bench:
         state["loss"] = net.train_step(x, y, "mse", opt)
         return state["loss"]
 
-    weights = [layer.params["weight"] for layer in net.layers]
-    gemm_in = [(to_array(a, xp, net.device, net.dtype), to_array(d, xp, net.device, net.dtype))
-               for a, d in gemm_host_arrays(sizes, batch, seed)]
-    # portanet's train_step skips the first layer's dL/dx where Layer.backward
-    # takes need_input_grad (older versions computed it): time what it does.
-    first_dx = "need_input_grad" not in inspect.signature(pn.Dense.backward).parameters
-
-    def gemms() -> Any:
-        # The GEMMs of portanet's Dense forward and backward, in its own
-        # expressions and layouts (W is (in, out)).
-        outs = []
-        for i, (w, (a, dz)) in enumerate(zip(weights, gemm_in)):
-            outs.append(a @ w)
-            outs.append(a.T @ dz)
-            if i > 0 or first_dx:
-                outs.append(dz @ w.T)
-        return outs
+    first_dx = portanet_computes_first_dx()
+    gemms = portanet_gemms(net, sizes, batch, seed)
 
     b = Bench()
     b.step, b.gemms = step, gemms

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _worker import LEARNING_RATE, gemm_host_arrays, host_data, portanet_network  # noqa: E402
+from _worker import LEARNING_RATE, host_data, portanet_gemms, portanet_network  # noqa: E402
 from train_step import CONFIGS  # noqa: E402
 
 
@@ -35,20 +35,10 @@ def measure(config: str, backend: str = "numpy", dtype: str = "float32",
     sizes = list(CONFIGS[config].sizes)
     batch = batch or CONFIGS[config].batch
     net = portanet_network(sizes, backend, None, dtype, seed=0)
-    xp = net.xp
     opt = pn.Adam(lr=LEARNING_RATE)
     loss = pn.losses.get("mse")
-    x, y = (to_array(a, xp, net.device, net.dtype) for a in host_data(sizes, batch, 0))
-    weights = [layer.params["weight"] for layer in net.layers]
-    gemm_in = [tuple(to_array(a, xp, net.device, net.dtype) for a in pair)
-               for pair in gemm_host_arrays(sizes, batch, 0)]
-
-    def gemms() -> None:  # as train_step: no input gradient for the first layer
-        for i, (w, (a, dz)) in enumerate(zip(weights, gemm_in)):
-            a @ w
-            a.T @ dz
-            if i > 0:
-                dz @ w.T
+    x, y = (to_array(a, net.xp, net.device, net.dtype) for a in host_data(sizes, batch, 0))
+    gemms = portanet_gemms(net, sizes, batch, seed=0)  # the set train_step.py times
 
     for _ in range(5):
         net.train_step(x, y, loss, opt)

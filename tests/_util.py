@@ -100,10 +100,11 @@ def layers_from_spec(spec: dict, activation) -> list:
 
 
 @contextlib.contextmanager
-def python_sigint_handler():
-    """Python's own Ctrl-C handler for the duration, whatever this process inherited
-    (``nohup`` and background jobs start with SIGINT ignored, which fit respects)."""
-    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+def sigint_handler(handler=signal.default_int_handler):
+    """``handler`` (default: Python's own Ctrl-C handler) for SIGINT for the duration,
+    whatever this process inherited (``nohup`` and background jobs start with SIGINT
+    ignored, which fit respects)."""
+    outer = signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:

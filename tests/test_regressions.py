@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from _util import host, python_sigint_handler
+from _util import host, sigint_handler
 
 import portanet as pn
 from portanet.cli import main
@@ -169,7 +169,7 @@ def test_interrupt_during_the_last_step_keeps_the_epoch():
 
     if sys.platform == "win32":
         pytest.skip("needs POSIX signals")
-    with python_sigint_handler():
+    with sigint_handler():
         h = net.fit(x, y, loss="cross_entropy", optimizer="adam", epochs=3, batch_size=10,
                     verbose=0, callbacks=[PressOnLastStep()])
     assert h.interrupted and h.epoch == [0] and net.epoch == 1

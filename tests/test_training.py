@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from _util import host, python_sigint_handler
+from _util import host, sigint_handler
 
 import portanet as pn
 from portanet.testing import assert_close
@@ -244,7 +244,7 @@ def test_ctrl_c_stops_at_a_step_boundary():
                 os.kill(os.getpid(), signal.SIGINT)
 
     opt = pn.Adam(1e-2)
-    with python_sigint_handler():
+    with sigint_handler():
         history = net.fit(x, y, loss="cross_entropy", optimizer=opt, epochs=5, batch_size=10,
                           verbose=0, callbacks=[PressCtrlC()])
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
@@ -263,13 +263,10 @@ def test_an_ignored_sigint_stays_ignored_during_fit():
         def on_batch_end(self, step, logs):
             os.kill(os.getpid(), signal.SIGINT)
 
-    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with sigint_handler(signal.SIG_IGN):
         history = net.fit(x, y, loss="cross_entropy", optimizer=pn.Adam(1e-2), epochs=2,
                           batch_size=10, verbose=0, callbacks=[SendSigint()])
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, outer)
     assert not history.interrupted and history.epoch == [0, 1]
 
 
