@@ -45,9 +45,9 @@ def measure(config: str, backend: str = "numpy", dtype: str = "float32",
     phases: dict[str, list[float]] = {"forward+loss+backward": [], "update": [], "GEMMs alone": []}
     for _ in range(steps):
         t0 = time.perf_counter()
-        net._loss_and_gradients(x, y, loss)  # train_step's two halves, without its input checks
+        pn.training.loss_and_gradients(net, x, y, loss)  # train_step's two halves, without its checks
         t1 = time.perf_counter()
-        net._apply_gradients(opt)
+        pn.training.apply_gradients(net, opt)
         t2 = time.perf_counter()
         gemms()
         t3 = time.perf_counter()

@@ -5,7 +5,17 @@
 ...                     backend="numpy", seed=0)
 """
 
-from . import activations, datasets, initializers, losses, optim, training
+from . import (
+    activations,
+    callbacks,
+    datasets,
+    initializers,
+    layers,
+    losses,
+    metrics,
+    optim,
+    training,
+)
 from ._version import __version__
 from .activations import Activation
 from .backend import (
@@ -15,10 +25,18 @@ from .backend import (
     set_backend,
     to_numpy,
 )
+from .callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+)
 from .io import CheckpointError, load
 from .layers import (
     ELU,
     GELU,
+    ActivationLayer,
     Dense,
     Dropout,
     Identity,
@@ -33,26 +51,17 @@ from .layers import (
 )
 from .losses import MAE, MSE, BCEWithLogits, CrossEntropy, Huber, Loss
 from .network import Sequential
-from .optim import SGD, Adam, AdamW, Optimizer
-from .training import (
-    CosineAnnealing,
-    EarlyStopping,
-    ExponentialLR,
-    History,
-    LearningRateScheduler,
-    ModelCheckpoint,
-    ReduceLROnPlateau,
-    StepLR,
-    TrainingDivergedError,
-)
+from .optim import SGD, Adam, AdamW, CosineAnnealing, ExponentialLR, Optimizer, Schedule, StepLR
+from .training import History, TrainingDivergedError
 
 __all__ = [
-    "ELU", "GELU", "MAE", "MSE", "SGD", "Activation", "Adam", "AdamW", "BCEWithLogits",
-    "CheckpointError", "CosineAnnealing", "EarlyStopping", "ExponentialLR", "History",
-    "LearningRateScheduler", "ModelCheckpoint", "ReduceLROnPlateau", "StepLR",
-    "TrainingDivergedError", "datasets", "load", "training",
-    "CrossEntropy", "Dense", "Dropout", "Huber", "Identity", "Layer", "LeakyReLU", "Loss",
-    "Optimizer", "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh",
-    "__version__", "activations", "available_backends", "get_backend", "get_namespace",
-    "initializers", "losses", "optim", "set_backend", "to_numpy",
+    "ELU", "GELU", "MAE", "MSE", "SGD", "Activation", "ActivationLayer", "Adam", "AdamW",
+    "BCEWithLogits", "Callback", "CheckpointError", "CosineAnnealing", "CrossEntropy", "Dense",
+    "Dropout", "EarlyStopping", "ExponentialLR", "History", "Huber", "Identity", "Layer",
+    "LeakyReLU", "LearningRateScheduler", "Loss", "ModelCheckpoint", "Optimizer",
+    "ReLU", "ReduceLROnPlateau", "Schedule", "Sequential", "SiLU", "Sigmoid", "Softmax",
+    "Softplus", "StepLR", "Tanh", "TrainingDivergedError", "__version__", "activations",
+    "available_backends", "callbacks", "datasets", "get_backend", "get_namespace",
+    "initializers", "layers", "load", "losses", "metrics", "optim", "set_backend", "to_numpy",
+    "training",
 ]

@@ -1,9 +1,18 @@
-"""Activation functions and their derivatives.
+"""Activation functions and their derivatives, and the one registry of their names.
 
 An :class:`Activation` is the notebook's ``(f, df)`` pair: ``f(x)`` is the
-function and ``df(x)`` its elementwise derivative, so that backprop through it
-is ``grad_in = grad_out * df(x)``. Softmax is not elementwise, so it overrides
-:meth:`Activation.backward` with its Jacobian-vector product.
+function and ``df`` its elementwise derivative, so that backprop through it is
+``grad_in = grad_out * f'(x)``. Where the derivative is simplest in terms of the
+output ``y = f(x)`` (sigmoid: ``y (1 - y)``, tanh: ``1 - y^2``), ``df`` takes
+``y`` instead (``df_of_output=True``) and nothing is recomputed. Softmax is not
+elementwise, so it overrides :meth:`Activation.backward` with its
+Jacobian-vector product.
+
+Adding an activation is one function pair and one registration::
+
+    cube = pn.activations.register("cube", lambda x: x * x * x, lambda x: 3.0 * x * x)
+
+after which ``Dense(..., activation="cube")`` works, checkpoints included.
 
 Every function takes its namespace from its argument, so it runs on any
 array-API library.
@@ -12,21 +21,24 @@ array-API library.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._spec import from_spec
 from .backend import namespace_of
+from .registry import Registry
 
 __all__ = [
-    "Activation",
     "ELU",
+    "REGISTRY",
+    "Activation",
     "LeakyReLU",
     "elu",
     "gelu",
     "get",
     "identity",
     "leaky_relu",
+    "names",
+    "register",
     "relu",
     "sigmoid",
     "silu",
@@ -46,19 +58,24 @@ class Activation:
     f : callable
         ``f(x) -> y``, applied elementwise.
     df : callable
-        ``df(x) -> dy/dx``, the elementwise derivative at ``x``.
+        The elementwise derivative: ``df(x) = dy/dx``, or ``df(y)`` with
+        ``df_of_output=True``.
     name : str, optional
-        A name for summaries and checkpoints.
+        The name that summaries and checkpoints use (default: ``f``'s name).
+    df_of_output : bool
+        ``df`` takes the output ``y = f(x)`` rather than ``x``.
 
     Examples
     --------
     >>> square = Activation(lambda x: x * x, lambda x: 2.0 * x, name="square")
     """
 
-    def __init__(self, f: Callable[[Array], Array], df: Callable[[Array], Array], name: str = ""):
+    def __init__(self, f: Callable[[Array], Array], df: Callable[[Array], Array],
+                 name: str = "", *, df_of_output: bool = False):
         self.f = f
         self.df = df
         self.name = name or getattr(f, "__name__", "activation")
+        self.df_of_output = bool(df_of_output)
 
     def __call__(self, x: Array) -> Array:
         return self.f(x)
@@ -67,19 +84,54 @@ class Activation:
         return self.f(x)
 
     def grad(self, x: Array) -> Array:
-        """The elementwise derivative ``df(x)``."""
-        return self.df(x)
+        """The elementwise derivative ``f'(x)``."""
+        return self.df(self.f(x)) if self.df_of_output else self.df(x)
 
     def backward(self, x: Array, y: Array, grad_y: Array) -> Array:
-        """Chain rule: ``dL/dx = dL/dy * f'(x)``. ``y = f(x)`` is given for subclasses."""
-        return grad_y * self.df(x)
+        """Chain rule: ``dL/dx = dL/dy * f'(x)``, where ``y = f(x)`` was kept by forward."""
+        return grad_y * (self.df(y) if self.df_of_output else self.df(x))
 
     def config(self) -> dict[str, Any]:
         """A JSON-able description, from which :func:`get` rebuilds the activation."""
         return {"name": self.name}
 
     def __repr__(self) -> str:
-        return f"Activation({self.name!r})"
+        params = "".join(f", {k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"Activation({self.name!r}{params})"
+
+
+#: Every activation name: ``get``, layer configs, checkpoints and the CLI read it.
+REGISTRY: Registry[Activation] = Registry("activation")
+
+
+def register(name: str, f: Callable[[Array], Array], df: Callable[[Array], Array], *,
+             df_of_output: bool = False, aliases: tuple[str, ...] = ()) -> Activation:
+    """Make ``Activation(f, df)`` known as ``name`` everywhere a built-in name works.
+
+    Returns the :class:`Activation`. After ``register("cube", f, df)``,
+    ``Dense(..., activation="cube")`` builds with it and checkpoints that use it
+    save and load (in any process that has registered it too).
+    """
+    act = Activation(f, df, name=name, df_of_output=df_of_output)
+    REGISTRY.register(name, lambda: act, aliases=aliases)
+    return act
+
+
+def names() -> list[str]:
+    """The registered activation names (the CLI's ``--activation`` choices)."""
+    return REGISTRY.names()
+
+
+def get(spec: str | Activation | Mapping[str, Any] | None) -> Activation:
+    """Return an :class:`Activation` from a name, a config dict, an instance, or None.
+
+    ``None`` means the identity.
+    """
+    if spec is None:
+        return identity
+    if isinstance(spec, Activation):
+        return spec
+    return REGISTRY.create(spec)
 
 
 # ------------------------------------------------------- the functions ----
@@ -90,8 +142,7 @@ def _identity(x: Array) -> Array:
 
 
 def _ones(x: Array) -> Array:
-    xp = namespace_of(x)
-    return xp.ones_like(x)
+    return namespace_of(x).ones_like(x)
 
 
 def _relu(x: Array) -> Array:
@@ -100,7 +151,7 @@ def _relu(x: Array) -> Array:
 
 
 def _step(x: Array) -> Array:
-    """Heaviside step, 1 where x > 0 else 0, in x's dtype (the derivative of relu)."""
+    """Heaviside step, 1 where x > 0 else 0, in x's dtype: relu'(x), with relu'(0) = 0 as torch."""
     xp = namespace_of(x)
     return xp.astype(x > 0, x.dtype)
 
@@ -113,18 +164,16 @@ def _sigmoid(x: Array) -> Array:
     return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def _dsigmoid(x: Array) -> Array:
-    s = _sigmoid(x)
-    return s * (1.0 - s)
+def _dsigmoid_of_output(y: Array) -> Array:
+    return y * (1.0 - y)  # s' = s (1 - s)
 
 
 def _tanh(x: Array) -> Array:
     return namespace_of(x).tanh(x)
 
 
-def _dtanh(x: Array) -> Array:
-    t = namespace_of(x).tanh(x)
-    return 1.0 - t * t
+def _dtanh_of_output(y: Array) -> Array:
+    return 1.0 - y * y  # tanh' = 1 - tanh^2
 
 
 def _softplus(x: Array) -> Array:
@@ -147,6 +196,7 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def _gelu(x: Array) -> Array:
+    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     xp = namespace_of(x)
     inner = _GELU_C * (x + 0.044715 * x * x * x)
     return 0.5 * x * (1.0 + xp.tanh(inner))
@@ -167,20 +217,24 @@ def _softmax(x: Array) -> Array:
     return e / xp.sum(e, axis=-1, keepdims=True)
 
 
-identity = Activation(_identity, _ones, name="identity")
-relu = Activation(_relu, _step, name="relu")
-sigmoid = Activation(_sigmoid, _dsigmoid, name="sigmoid")
-tanh = Activation(_tanh, _dtanh, name="tanh")
-softplus = Activation(_softplus, _sigmoid, name="softplus")
-silu = Activation(_silu, _dsilu, name="silu")
-gelu = Activation(_gelu, _dgelu, name="gelu")
-gelu.__doc__ = "GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."
+identity = register("identity", _identity, _ones, aliases=("linear",))
+relu = register("relu", _relu, _step)
+sigmoid = register("sigmoid", _sigmoid, _dsigmoid_of_output, df_of_output=True)
+tanh = register("tanh", _tanh, _dtanh_of_output, df_of_output=True)
+softplus = register("softplus", _softplus, _sigmoid)  # softplus' = sigmoid
+silu = register("silu", _silu, _dsilu)
+gelu = register("gelu", _gelu, _dgelu)
 
 
+# ------------------------------------------ activations with parameters ----
+
+
+@REGISTRY.register("leaky_relu")
 class LeakyReLU(Activation):
     """``f(x) = x`` for ``x > 0`` and ``negative_slope * x`` otherwise (the notebook used 0.1).
 
-    ``f'(x) = 1`` for ``x > 0`` and ``negative_slope`` otherwise.
+    ``f'(x) = 1`` for ``x > 0`` and ``negative_slope`` otherwise (so ``f'(0)`` is
+    the slope, as in torch).
     """
 
     def __init__(self, negative_slope: float = 0.01):
@@ -213,12 +267,13 @@ class LeakyReLU(Activation):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "negative_slope": self.negative_slope}
 
-    def __repr__(self) -> str:
-        return f"LeakyReLU(negative_slope={self.negative_slope})"
 
-
+@REGISTRY.register("elu")
 class ELU(Activation):
-    """``f(x) = x`` for ``x > 0`` and ``alpha (e^x - 1)`` otherwise."""
+    """``f(x) = x`` for ``x > 0`` and ``alpha (e^x - 1)`` otherwise.
+
+    ``f'(x) = 1`` for ``x > 0`` and ``alpha e^x`` otherwise.
+    """
 
     def __init__(self, alpha: float = 1.0):
         self.alpha = float(alpha)
@@ -238,11 +293,8 @@ class ELU(Activation):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha}
 
-    def __repr__(self) -> str:
-        return f"ELU(alpha={self.alpha})"
 
-
-class Softmax(Activation):
+class _Softmax(Activation):
     """Softmax over the last axis: ``y_i = e^{x_i} / sum_j e^{x_j}``.
 
     Its Jacobian is ``dy_i/dx_j = y_i (delta_ij - y_j)``, so backprop is
@@ -260,36 +312,8 @@ class Softmax(Activation):
         xp = namespace_of(grad_y)
         return y * (grad_y - xp.sum(grad_y * y, axis=-1, keepdims=True))
 
-    def __repr__(self) -> str:
-        return "Softmax()"
 
-
+softmax = _Softmax()
+REGISTRY.register("softmax", lambda: softmax)
 leaky_relu = LeakyReLU(0.01)
 elu = ELU(1.0)
-softmax = Softmax()
-
-_BY_NAME: dict[str, Callable[..., Activation]] = {
-    "identity": lambda: identity,
-    "linear": lambda: identity,
-    "relu": lambda: relu,
-    "sigmoid": lambda: sigmoid,
-    "tanh": lambda: tanh,
-    "softplus": lambda: softplus,
-    "silu": lambda: silu,
-    "gelu": lambda: gelu,
-    "softmax": lambda: softmax,
-    "leaky_relu": LeakyReLU,
-    "elu": ELU,
-}
-
-
-def get(spec: str | Activation | dict[str, Any] | None) -> Activation:
-    """Return an :class:`Activation` from a name, a config dict, an instance, or None.
-
-    ``None`` means the identity.
-    """
-    if spec is None:
-        return identity
-    if isinstance(spec, Activation):
-        return spec
-    return from_spec(spec, _BY_NAME, "activation", "activations")

@@ -21,11 +21,12 @@ from array_api_compat import array_namespace
 
 __all__ = [
     "BACKENDS",
+    "HOST_DTYPES",
     "available_backends",
     "backend_name",
-    "from_host",
     "get_backend",
     "get_namespace",
+    "has_float64",
     "host_label_range",
     "host_rng",
     "host_zeros",
@@ -34,6 +35,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "set_backend",
+    "size",
     "to_array",
     "to_numpy",
 ]
@@ -263,11 +265,7 @@ def resolve_dtype(xp: ModuleType, dtype: Any, device: Any = None) -> Any:
                     "JAX computes in float64 only with x64 enabled: set JAX_ENABLE_X64=1 "
                     "or call jax.config.update('jax_enable_x64', True) before building"
                 )
-        try:
-            supported = xp.__array_namespace_info__().dtypes(device=device)
-        except Exception:
-            supported = None
-        if supported is not None and "float64" not in supported:
+        if not has_float64(xp, device):
             raise ValueError(f"device {device!r} of backend {backend!r} has no float64")
     return getattr(xp, name)
 
@@ -295,6 +293,13 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.array(x, copy=True)
 
 
+#: The one table of host dtypes: data is cast on the host to one of these before it
+#: moves, so every backend (and a device without float64) receives identical values.
+HOST_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name) for name in ("float32", "float64", "int64", "int32", "bool")
+}
+
+
 def _host_numeric(x: Any, what: str) -> np.ndarray:
     """Turn lists, scalars and NumPy arrays into a numeric NumPy array, or raise TypeError."""
     try:
@@ -306,22 +311,46 @@ def _host_numeric(x: Any, what: str) -> np.ndarray:
     return a
 
 
+def _dtype_name(xp: ModuleType, dtype: Any) -> str:
+    """The :data:`HOST_DTYPES` name of a dtype of ``xp`` (or of a name)."""
+    if isinstance(dtype, str) and dtype in HOST_DTYPES:
+        return dtype
+    for name in HOST_DTYPES:
+        if dtype == getattr(xp, name, None):
+            return name
+    raise ValueError(f"unsupported dtype {dtype!r}; portanet moves {', '.join(HOST_DTYPES)}")
+
+
 def to_array(
     x: Any, xp: ModuleType, device: Any, dtype: Any = None, *, what: str = "input",
     copy: bool = False,
 ) -> Any:
-    """Convert ``x`` to an array of ``xp`` on ``device`` (and of ``dtype`` if given).
+    """Move ``x`` onto ``xp``'s ``device`` (as ``dtype`` if given): the one way onto a device.
 
-    ``x`` may be a Python list or scalar, a NumPy array, or an array of any
-    supported namespace. Arrays of another namespace go through DLPack where
-    that works, and through a host copy where it does not (e.g. GPU to CPU).
-    Host data is cast on the host, so a device without float64 never sees it.
-    With ``copy=True`` the result never shares memory with ``x`` (parameters
-    are updated in place, so they must not alias a caller's array).
+    Parameters
+    ----------
+    x : array, list or scalar
+        Host data (a Python list or scalar, a NumPy array, e.g. drawn from the
+        host RNG) or an array of any supported namespace.
+    xp : module
+        The target namespace.
+    device
+        A device of ``xp``.
+    dtype : dtype of ``xp``, or a name from :data:`HOST_DTYPES`, optional
+        The result's dtype; None keeps ``x``'s (float64 host data becomes float32
+        on a device without float64).
+    what : str
+        How ``x`` is named in error messages.
+    copy : bool
+        Never share memory with ``x`` (parameters are updated in place, so they
+        must not alias a caller's array).
+
+    Host data is cast on the host, so every backend receives identical values.
+    Arrays of another namespace go through DLPack where that works, and through
+    a host copy where it does not (e.g. GPU to CPU).
     """
     if isinstance(x, (np.ndarray, np.generic)) or not _is_array_api_array(x):
-        host = _host_numeric(x, what)
-        return _from_host_data(host.copy() if copy else host, xp, device, dtype)
+        return _host_to_device(_host_numeric(x, what), xp, device, dtype, copy)
     if array_api_compat.is_torch_array(x):
         x = x.detach()  # portanet computes its own gradients: never join torch's graph
     if backend_name(array_namespace(x)) == backend_name(xp):
@@ -329,19 +358,33 @@ def to_array(
     else:
         out = _from_dlpack(x, xp, device)  # shares memory with x (and may be read-only)
         if out is None:  # another device, or no DLPack: copy through the host
-            return _from_host_data(_host_numeric(to_numpy(x), what), xp, device, dtype)
+            return _host_to_device(_host_numeric(to_numpy(x), what), xp, device, dtype, False)
     if not _is_numeric(xp, out.dtype):
         raise TypeError(f"{what} must hold numbers, got an array of dtype {out.dtype}")
     shared = True
     if array_api_compat.device(out) != device:
         out = array_api_compat.to_device(out, device)
         shared = False
-    if dtype is not None and out.dtype != dtype:
-        out = xp.astype(out, dtype)
-        shared = False
+    if dtype is not None:
+        dtype = getattr(xp, _dtype_name(xp, dtype))
+        if out.dtype != dtype:
+            out = xp.astype(out, dtype)
+            shared = False
     if copy and shared:
         out = xp.asarray(out, copy=True)
     return out
+
+
+def _host_to_device(host: np.ndarray, xp: ModuleType, device: Any, dtype: Any,
+                    copy: bool) -> Any:
+    if dtype is not None:
+        target = HOST_DTYPES[_dtype_name(xp, dtype)]
+    elif host.dtype == np.float64 and not has_float64(xp, device):
+        target = HOST_DTYPES["float32"]  # e.g. array-api-strict's no_float64 device
+    else:
+        target = host.dtype
+    cast = host.astype(target, copy=copy)  # copies when it casts, or when asked to
+    return xp.asarray(cast, device=device)
 
 
 def host_label_range(y: Any) -> tuple[int, int] | None:
@@ -358,26 +401,21 @@ def host_label_range(y: Any) -> tuple[int, int] | None:
     return int(a.min()), int(a.max())
 
 
-def _from_host_data(host: np.ndarray, xp: ModuleType, device: Any, dtype: Any) -> Any:
-    if dtype is not None:
-        host = host.astype(_host_dtype(xp, dtype), copy=False)
-    elif host.dtype == np.float64 and not _has_float64(xp, device):
-        host = host.astype(np.float32)  # e.g. array-api-strict's no_float64 device
-    return xp.asarray(host, device=device)
-
-
-def _host_dtype(xp: ModuleType, dtype: Any) -> Any:
-    for name in ("float32", "float64", "int64", "int32", "bool"):
-        if dtype == getattr(xp, name):
-            return np.dtype(name)
-    raise ValueError(f"unsupported dtype {dtype!r}")
-
-
-def _has_float64(xp: ModuleType, device: Any) -> bool:
+def has_float64(xp: ModuleType, device: Any = None) -> bool:
+    """Whether ``device`` of ``xp`` supports float64 (array-api-strict's ``no_float64`` does not)."""
     try:
         return "float64" in xp.__array_namespace_info__().dtypes(device=device)
-    except Exception:
+    except Exception:  # a namespace without the inspection API: assume it does
         return True
+
+
+def size(x: Any) -> int:
+    """The number of elements of ``x`` as a Python int (``x.size`` is a method on torch
+    and may be None in the standard)."""
+    n = 1
+    for s in x.shape:
+        n *= int(s)
+    return n
 
 
 def _is_numeric(xp: ModuleType, dtype: Any) -> bool:
@@ -400,17 +438,6 @@ def host_rng(seed: int | None = None) -> np.random.Generator:
 def host_zeros(shape: tuple[int, ...]) -> np.ndarray:
     """A float64 host array of zeros (cast to the network's dtype when moved)."""
     return np.zeros(shape)
-
-
-def from_host(a: np.ndarray, xp: ModuleType, device: Any, dtype: Any) -> Any:
-    """Move a host NumPy array (e.g. drawn from the host RNG) to ``device`` as ``dtype``.
-
-    The cast happens on the host, so every backend receives identical values.
-    """
-    np_dtype = np.float64 if dtype == xp.float64 else np.float32
-    if xp.isdtype(dtype, "integral"):
-        np_dtype = np.int64
-    return xp.asarray(np.ascontiguousarray(a, dtype=np_dtype), device=device)
 
 
 # --------------------------------------------------- per-array lookups ----

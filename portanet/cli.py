@@ -75,7 +75,8 @@ def _add_backend_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="portanet", description="Train and inspect portanet networks.")
-    from . import __version__
+    from . import activations, optim
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"portanet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -89,11 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="digits", choices=["digits", "mnist", "xor", "spirals"])
     train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64],
                        help="hidden layer sizes, e.g. 128,64")
-    train.add_argument("--activation", default="relu",
-                       choices=["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid",
-                                "softplus"])
+    train.add_argument("--activation", default="relu", choices=activations.names())
     train.add_argument("--dropout", type=_probability, default=0.2)
-    train.add_argument("--optimizer", default="adamw", choices=["sgd", "adam", "adamw"])
+    train.add_argument("--optimizer", default="adamw", choices=optim.OPTIMIZERS.names())
     train.add_argument("--lr", type=_positive(float), default=3e-3)
     train.add_argument("--weight-decay", type=_non_negative, default=5e-2,
                        help="AdamW's decoupled decay, or the L2 penalty of sgd and adam")
@@ -169,7 +168,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import CosineAnnealing, CrossEntropy, Dense, Dropout, LearningRateScheduler, Sequential, optim
+    from . import optim
+    from .layers import Dense, Dropout
+    from .losses import CrossEntropy
+    from .network import Sequential
 
     _check_outputs(args)
 
@@ -185,19 +187,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     layers.append(Dense(width, classes))
     net = Sequential(layers, backend=args.backend, device=args.device, dtype=args.dtype,
                      seed=args.seed)
-    optimizer = optim.get(args.optimizer, lr=args.lr, weight_decay=args.weight_decay)
-    callbacks = []
-    if args.schedule == "cosine":
+    lr: Any = args.lr
+    if args.schedule == "cosine":  # the optimizer evaluates it before each step, from its count
         steps = args.epochs * -(-len(x_tr) // args.batch_size)
-        warmup = min(50, steps // 10)
-        callbacks.append(LearningRateScheduler(CosineAnnealing(steps, warmup_steps=warmup)))
+        lr = optim.CosineAnnealing(steps, warmup_steps=min(50, steps // 10), initial_lr=args.lr)
+    optimizer = optim.get(args.optimizer, lr=lr, weight_decay=args.weight_decay)
     loss = CrossEntropy(label_smoothing=args.label_smoothing)
     print(f"portanet train: {args.dataset} ({len(x_tr)} train, {len(x_te)} test), "
           f"backend {net.backend} on {net.device}, {net.dtype_name}")
     start = time.perf_counter()
     history = net.fit(x_tr, y_tr, loss=loss, optimizer=optimizer, epochs=args.epochs,
                       batch_size=args.batch_size, validation_data=(x_te, y_te),
-                      metrics=["accuracy"], callbacks=callbacks, verbose=args.verbose)
+                      metrics=["accuracy"], verbose=args.verbose)
     seconds = time.perf_counter() - start
     result = net.evaluate(x_te, y_te, loss="cross_entropy", metrics=["accuracy"])
     print(f"test accuracy: {result['accuracy']:.4f}  test loss: {result['loss']:.4f}  "

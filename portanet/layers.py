@@ -5,23 +5,38 @@ what backward will need; ``backward(grad_out)`` takes ``dL/d(output)``, stores
 ``dL/d(parameter)`` in ``self.grads`` and returns ``dL/d(input)``. There is no
 autograd tape: the calculus is written out below, one layer at a time.
 
-Shapes: a batch is ``(n, features)``. ``Dense`` computes ``x @ W + b`` with
-``W`` of shape ``(in_features, out_features)``, as the notebook did.
+Around that:
+
+- ``output_shape(input_shape)`` maps a per-sample input shape (no batch axis)
+  to the output's, and raises ``ValueError`` naming the layer when the input
+  does not fit. ``Sequential`` walks the chain when it is built.
+- ``params`` are trained; ``buffers`` (running statistics) are state that is
+  saved, moved and loaded but never seen by an optimizer.
+  ``param_shapes()`` and ``buffer_shapes()`` say what ``build`` will create, so a
+  checkpoint is checked before anything is allocated.
+- ``training`` is the one switch between training and evaluation behaviour.
+
+Shapes: a batch of vectors is ``(n, features)``. ``Dense`` computes ``x @ W + b``
+with ``W`` of shape ``(in_features, out_features)``, as the notebook did.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from . import activations as A
 from . import initializers
-from .backend import from_host
+from .backend import to_array
+from .registry import Registry
 
 __all__ = [
     "ELU",
     "GELU",
+    "REGISTRY",
+    "ActivationLayer",
     "Context",
     "Dense",
     "Dropout",
@@ -29,14 +44,34 @@ __all__ = [
     "Layer",
     "LeakyReLU",
     "ReLU",
+    "Shape",
     "SiLU",
     "Sigmoid",
     "Softmax",
     "Softplus",
     "Tanh",
+    "format_shape",
+    "from_config",
 ]
 
 Array = Any
+#: A per-sample shape; None marks a size not known until data arrives.
+Shape = tuple[int | None, ...]
+
+#: Every layer type, by the ``"type"`` of its config: ``from_config`` and checkpoints read it.
+REGISTRY: Registry[Layer] = Registry("layer type", key="type")
+
+
+def from_config(config: Mapping[str, Any]) -> Layer:
+    """Rebuild a layer from :meth:`Layer.config` (used by checkpoints)."""
+    return REGISTRY.create(config)
+
+
+def format_shape(shape: Shape | None, batch: str = "n") -> str:
+    """``(n, 16, 26, 26)``: a per-sample shape with the batch axis in front."""
+    if shape is None:
+        return "(unknown)"
+    return "(" + ", ".join([batch, *("?" if s is None else str(s) for s in shape)]) + ")"
 
 
 @dataclass
@@ -50,22 +85,68 @@ class Context:
 
 
 class Layer:
-    """Base class. Subclasses set ``params`` in :meth:`build` and fill ``grads`` in backward."""
+    """Base class: subclasses create ``params`` in :meth:`build` and fill ``grads`` in backward."""
+
+    #: whether the output has the input's shape, whatever it is (activations, dropout)
+    keeps_shape = False
 
     def __init__(self) -> None:
         self.params: dict[str, Array] = {}
         self.grads: dict[str, Array] = {}
+        self.buffers: dict[str, Array] = {}
         self.ctx: Context | None = None
         self.index: int | None = None
 
     # -- building ------------------------------------------------------------
     def build(self, ctx: Context) -> None:
-        """Attach the network's context and create parameters on its device."""
+        """Attach the network's context and create parameters and buffers on its device."""
         self.ctx = ctx
 
-    def output_features(self, in_features: int | None) -> int | None:
-        """Features of the output for ``in_features`` of input (None: unknown yet)."""
-        return in_features
+    def on_device(self, host: Any) -> Array:
+        """A host array (drawn from the host RNG) on this layer's namespace, device and dtype."""
+        ctx = self.ctx
+        return to_array(host, ctx.xp, ctx.device, ctx.dtype)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each parameter that :meth:`build` creates, by name."""
+        return {}
+
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each buffer (non-trained state) that :meth:`build` creates."""
+        return {}
+
+    def children(self) -> list[tuple[str, Layer]]:
+        """Layers held inside this one, with the name of each in parameter paths."""
+        return []
+
+    def slots(self, kind: str) -> Iterator[tuple[str, Layer, str]]:
+        """``(path, owner, key)`` for each parameter (``kind="params"``) or buffer
+        (``"buffers"``) of this layer and the layers inside it: the array is
+        ``getattr(owner, kind)[key]`` (and its gradient ``owner.grads[key]``)."""
+        shapes = self.param_shapes() if kind == "params" else self.buffer_shapes()
+        for key in shapes:
+            yield key, self, key
+        for prefix, child in self.children():
+            for path, owner, key in child.slots(kind):
+                yield f"{prefix}.{path}", owner, key
+
+    def declared_shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
+        """``path -> shape`` of every parameter (``kind="params"``) or buffer (``"buffers"``)
+        that building creates, here and in the layers inside: known before anything is built."""
+        def shapes(owner: Layer) -> dict[str, tuple[int, ...]]:
+            return owner.param_shapes() if kind == "params" else owner.buffer_shapes()
+
+        return {path: tuple(shapes(owner)[key]) for path, owner, key in self.slots(kind)}
+
+    def expected_input_shape(self) -> Shape | None:
+        """The per-sample input shape this layer fixes on its own (``Dense(64, 10)``:
+        ``(64,)``), or None where it takes any shape."""
+        return None
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """The per-sample output shape for ``input_shape``; ``ValueError`` naming this
+        layer where the input does not fit. The default keeps the shape."""
+        return tuple(input_shape)
 
     # -- computing -----------------------------------------------------------
     def forward(self, x: Array, training: bool = False) -> Array:
@@ -80,7 +161,7 @@ class Layer:
 
     # -- describing ----------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        """JSON-able arguments that rebuild this layer (see :func:`from_config`)."""
+        """JSON-able arguments that rebuild this layer: ``{"type": ..., **arguments}``."""
         return {"type": type(self).__name__}
 
     @property
@@ -92,6 +173,7 @@ class Layer:
 # ---------------------------------------------------------------- Dense ----
 
 
+@REGISTRY.register("Dense")
 class Dense(Layer):
     """Fully connected layer: ``y = f(x @ W + b)``.
 
@@ -138,22 +220,43 @@ class Dense(Layer):
         self.init = initializers.get(init)
         self.use_bias = bool(bias)
 
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes = {"weight": (self.in_features, self.out_features)}
+        if self.use_bias:
+            shapes["bias"] = (self.out_features,)
+        return shapes
+
     def build(self, ctx: Context) -> None:
         super().build(ctx)
-        shape = (self.in_features, self.out_features)
-        w = self.init(ctx.rng, shape, self.in_features, self.out_features)
-        self.params = {"weight": from_host(w, ctx.xp, ctx.device, ctx.dtype)}
+        shapes = self.param_shapes()
+        w = self.init(ctx.rng, shapes["weight"], self.in_features, self.out_features)
+        self.params = {"weight": self.on_device(w)}
         if self.use_bias:
-            b = initializers.zeros(ctx.rng, (self.out_features,), 0, 0)
-            self.params["bias"] = from_host(b, ctx.xp, ctx.device, ctx.dtype)
+            self.params["bias"] = self.on_device(initializers.zeros(ctx.rng, shapes["bias"], 0, 0))
 
-    def output_features(self, in_features: int | None) -> int:
-        if in_features is not None and in_features != self.in_features:
+    def declared_shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
+        """``path -> shape`` of every parameter (``kind="params"``) or buffer (``"buffers"``)
+        that building creates, here and in the layers inside: known before anything is built."""
+        def shapes(owner: Layer) -> dict[str, tuple[int, ...]]:
+            return owner.param_shapes() if kind == "params" else owner.buffer_shapes()
+
+        return {path: tuple(shapes(owner)[key]) for path, owner, key in self.slots(kind)}
+
+    def expected_input_shape(self) -> Shape:
+        return (self.in_features,)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"{self.label} expects {self.in_features} features per sample, but the layer "
+                f"before it gives samples of shape {tuple(input_shape)}: put a Flatten() before it"
+            )
+        if input_shape[0] is not None and input_shape[0] != self.in_features:
             raise ValueError(
                 f"{self.label} expects {self.in_features} input features, "
-                f"but the layer before it gives {in_features}"
+                f"but the layer before it gives {input_shape[0]}"
             )
-        return self.out_features
+        return (self.out_features,)
 
     def forward(self, x: Array, training: bool = False) -> Array:
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -199,10 +302,18 @@ class Dense(Layer):
 # ---------------------------------------------------- activation layers ----
 
 
+@REGISTRY.register("ActivationLayer")
 class ActivationLayer(Layer):
-    """An activation as a layer of its own: ``y = f(x)``, ``dL/dx = dL/dy * f'(x)``."""
+    """An activation as a layer of its own: ``y = f(x)``, ``dL/dx = dL/dy * f'(x)``.
 
-    def __init__(self, activation: str | A.Activation):
+    ``activation`` is anything :func:`portanet.activations.get` takes: a name,
+    a config dict or an :class:`~portanet.activations.Activation`. The
+    spellings ``ReLU()``, ``LeakyReLU(0.1)``, ... below build this one type.
+    """
+
+    keeps_shape = True
+
+    def __init__(self, activation: str | A.Activation | Mapping[str, Any]):
         super().__init__()
         self.activation = A.get(activation)
 
@@ -219,74 +330,64 @@ class ActivationLayer(Layer):
         return {"type": "ActivationLayer", "activation": self.activation.config()}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        params = "".join(f", {k}={v!r}" for k, v in self.activation.config().items() if k != "name")
+        return f"ActivationLayer({self.activation.name!r}{params})"
 
 
-class Identity(ActivationLayer):
-    def __init__(self) -> None:
-        super().__init__(A.identity)
+def Identity() -> ActivationLayer:  # CamelCase: the spellings of torch.nn
+    """``y = x`` as a layer."""
+    return ActivationLayer(A.identity)
 
 
-class ReLU(ActivationLayer):
-    def __init__(self) -> None:
-        super().__init__(A.relu)
+def ReLU() -> ActivationLayer:
+    """``y = max(x, 0)`` as a layer."""
+    return ActivationLayer(A.relu)
 
 
-class LeakyReLU(ActivationLayer):
-    """Leaky ReLU layer; the notebook's ``relu`` is ``LeakyReLU(0.1)``."""
-
-    def __init__(self, negative_slope: float = 0.01) -> None:
-        super().__init__(A.LeakyReLU(negative_slope))
-
-    def __repr__(self) -> str:
-        return f"LeakyReLU({self.activation.negative_slope})"
+def LeakyReLU(negative_slope: float = 0.01) -> ActivationLayer:
+    """Leaky ReLU as a layer; the notebook's ``relu`` is ``LeakyReLU(0.1)``."""
+    return ActivationLayer(A.LeakyReLU(negative_slope))
 
 
-class ELU(ActivationLayer):
-    def __init__(self, alpha: float = 1.0) -> None:
-        super().__init__(A.ELU(alpha))
-
-    def __repr__(self) -> str:
-        return f"ELU({self.activation.alpha})"
+def ELU(alpha: float = 1.0) -> ActivationLayer:
+    """``y = x`` for ``x > 0``, else ``alpha (e^x - 1)``, as a layer."""
+    return ActivationLayer(A.ELU(alpha))
 
 
-class Sigmoid(ActivationLayer):
-    def __init__(self) -> None:
-        super().__init__(A.sigmoid)
+def Sigmoid() -> ActivationLayer:
+    """``y = 1 / (1 + e^-x)`` as a layer."""
+    return ActivationLayer(A.sigmoid)
 
 
-class Tanh(ActivationLayer):
-    def __init__(self) -> None:
-        super().__init__(A.tanh)
+def Tanh() -> ActivationLayer:
+    """``y = tanh(x)`` as a layer."""
+    return ActivationLayer(A.tanh)
 
 
-class GELU(ActivationLayer):
-    """GELU layer (tanh approximation)."""
-
-    def __init__(self) -> None:
-        super().__init__(A.gelu)
+def GELU() -> ActivationLayer:
+    """GELU (tanh approximation) as a layer."""
+    return ActivationLayer(A.gelu)
 
 
-class SiLU(ActivationLayer):
-    def __init__(self) -> None:
-        super().__init__(A.silu)
+def SiLU() -> ActivationLayer:
+    """``y = x sigmoid(x)`` as a layer."""
+    return ActivationLayer(A.silu)
 
 
-class Softplus(ActivationLayer):
-    def __init__(self) -> None:
-        super().__init__(A.softplus)
+def Softplus() -> ActivationLayer:
+    """``y = log(1 + e^x)`` as a layer."""
+    return ActivationLayer(A.softplus)
 
 
-class Softmax(ActivationLayer):
-    """Softmax over the last axis. For classification prefer ``CrossEntropy`` on logits."""
-
-    def __init__(self) -> None:
-        super().__init__(A.softmax)
+def Softmax() -> ActivationLayer:
+    """Softmax over the last axis as a layer. For classification prefer ``CrossEntropy`` on logits."""
+    return ActivationLayer(A.softmax)
 
 
 # -------------------------------------------------------------- Dropout ----
 
 
+@REGISTRY.register("Dropout")
 class Dropout(Layer):
     """Inverted dropout: in training, zero each input with probability ``p``.
 
@@ -295,6 +396,8 @@ class Dropout(Layer):
     ``m = keep / (1 - p)``: ``y = x * m`` and ``dL/dx = dL/dy * m``.
     Masks are drawn from the network's seeded host RNG.
     """
+
+    keeps_shape = True
 
     def __init__(self, p: float = 0.5):
         super().__init__()
@@ -305,9 +408,8 @@ class Dropout(Layer):
 
     def draw_mask(self, shape: tuple[int, ...]) -> Array:
         """Draw a mask on the host and move it to the device (kept / (1 - p))."""
-        ctx = self.ctx
-        keep = ctx.rng.random(shape) >= self.p
-        return from_host(keep / (1.0 - self.p), ctx.xp, ctx.device, ctx.dtype)
+        keep = self.ctx.rng.random(shape) >= self.p
+        return self.on_device(keep / (1.0 - self.p))
 
     def forward(self, x: Array, training: bool = False) -> Array:
         if not training or self.p == 0.0:
@@ -326,40 +428,3 @@ class Dropout(Layer):
 
     def __repr__(self) -> str:
         return f"Dropout({self.p})"
-
-
-# --------------------------------------------------------- from config ----
-
-_ACTIVATION_LAYERS: dict[str, type[ActivationLayer]] = {
-    "identity": Identity,
-    "relu": ReLU,
-    "sigmoid": Sigmoid,
-    "tanh": Tanh,
-    "gelu": GELU,
-    "silu": SiLU,
-    "softplus": Softplus,
-    "softmax": Softmax,
-}
-
-
-def from_config(config: dict[str, Any]) -> Layer:
-    """Rebuild a layer from :meth:`Layer.config` (used by checkpoints)."""
-    kind = config.get("type")
-    if kind == "Dense":
-        return Dense(
-            config["in_features"],
-            config["out_features"],
-            activation=config.get("activation"),
-            bias=config.get("bias", True),
-        )
-    if kind == "Dropout":
-        return Dropout(config["p"])
-    if kind == "ActivationLayer":
-        act = A.get(config["activation"])
-        if act.name == "leaky_relu":
-            return LeakyReLU(act.negative_slope)
-        if act.name == "elu":
-            return ELU(act.alpha)
-        cls = _ACTIVATION_LAYERS.get(act.name)
-        return cls() if cls is not None else ActivationLayer(act)
-    raise ValueError(f"unknown layer type {kind!r} in config")

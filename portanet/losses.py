@@ -4,18 +4,20 @@ A :class:`Loss` is the notebook's ``(f, df)`` pair. ``value(pred, target)``
 returns a 0-d array in the prediction's namespace (never a Python float, so a
 GPU is not synced), and ``grad(pred, target)`` returns ``dL/dpred``, an array
 of ``pred``'s shape. Every loss is a mean, as torch's default ``reduction="mean"``.
+
+Losses are known by name through one registry (:data:`REGISTRY`): ``get``,
+``fit(loss="mse")`` and checkpoints all read it, and :func:`register` adds one.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from array_api_compat import device as device_of
 
-from ._spec import from_spec
-from .backend import namespace_of
+from .backend import namespace_of, size
+from .registry import Registry
 
 __all__ = [
     "BCEWithLogits",
@@ -24,7 +26,10 @@ __all__ = [
     "Loss",
     "MAE",
     "MSE",
+    "REGISTRY",
     "get",
+    "names",
+    "register",
 ]
 
 Array = Any
@@ -43,6 +48,8 @@ class Loss:
 
     #: whether integer class labels are accepted as targets
     accepts_labels = False
+    #: whether predictions are logits (accuracy then thresholds them at 0, not 0.5)
+    takes_logits = False
 
     def __init__(
         self,
@@ -85,15 +92,40 @@ class Loss:
         return f"{type(self).__name__}()"
 
 
+#: Every loss name: ``get``, ``fit(loss=...)`` and the CLI read it.
+REGISTRY: Registry[Loss] = Registry("loss", "losses")
+
+
+def register(name: str, f: Callable[[Array, Array], Array],
+             df: Callable[[Array, Array], Array]) -> Loss:
+    """Make ``Loss(f, df)`` known as ``name`` (``fit(loss=name)``); returns the :class:`Loss`."""
+    loss = Loss(f, df, name=name)
+    REGISTRY.register(name, lambda: loss)
+    return loss
+
+
+def names() -> list[str]:
+    """The registered loss names."""
+    return REGISTRY.names()
+
+
+def get(spec: str | Loss | Mapping[str, Any]) -> Loss:
+    """Return a :class:`Loss` from a name (``"mse"``, ...), a config dict, or an instance."""
+    if isinstance(spec, Loss):
+        return spec
+    return REGISTRY.create(spec)
+
+
 def _count(a: Array) -> float:
-    """Number of elements as a Python float (``a.size`` is a method on torch)."""
-    return float(math.prod(a.shape))
+    """Number of elements as a Python float, to divide by (keeps the array's dtype)."""
+    return float(size(a))
 
 
 def _mean(xp: Any, a: Array) -> Array:
     return xp.sum(a) / _count(a)
 
 
+@REGISTRY.register("mse")
 class MSE(Loss):
     """Mean squared error over all elements, as ``torch.nn.MSELoss()``.
 
@@ -114,6 +146,7 @@ class MSE(Loss):
         return (2.0 / _count(pred)) * (pred - target)
 
 
+@REGISTRY.register("mae")
 class MAE(Loss):
     """Mean absolute error, as ``torch.nn.L1Loss()``: ``dL/dp = sign(p - t) / n``."""
 
@@ -131,6 +164,7 @@ class MAE(Loss):
         return xp.sign(pred - target) / _count(pred)
 
 
+@REGISTRY.register("huber")
 class Huber(Loss):
     """Huber loss, as ``torch.nn.HuberLoss(delta=delta)``.
 
@@ -167,6 +201,7 @@ def _log_sigmoid_parts(xp: Any, z: Array) -> tuple[Array, Array]:
     return xp.maximum(z, xp.zeros_like(z)), xp.log1p(xp.exp(-xp.abs(z)))
 
 
+@REGISTRY.register("bce_with_logits")
 class BCEWithLogits(Loss):
     """Binary cross-entropy on logits, as ``torch.nn.BCEWithLogitsLoss()``.
 
@@ -174,6 +209,8 @@ class BCEWithLogits(Loss):
     ``max(z, 0) - t z + log1p(e^{-|z|})`` so that no exp overflows;
     ``dL/dz = (sigmoid(z) - t) / n``.
     """
+
+    takes_logits = True
 
     def __init__(self) -> None:
         super().__init__(self._f, self._df, name="bce_with_logits")
@@ -191,6 +228,7 @@ class BCEWithLogits(Loss):
         return (sigmoid(z) - t) / _count(z)
 
 
+@REGISTRY.register("cross_entropy")
 class CrossEntropy(Loss):
     """Softmax cross-entropy on logits, as ``torch.nn.CrossEntropyLoss``.
 
@@ -206,6 +244,7 @@ class CrossEntropy(Loss):
     """
 
     accepts_labels = True
+    takes_logits = True
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         if not 0.0 <= label_smoothing <= 1.0:
@@ -256,19 +295,3 @@ class CrossEntropy(Loss):
 
     def __repr__(self) -> str:
         return f"CrossEntropy(label_smoothing={self.label_smoothing})"
-
-
-_BY_NAME: dict[str, Callable[..., Loss]] = {
-    "mse": MSE,
-    "mae": MAE,
-    "huber": Huber,
-    "bce_with_logits": BCEWithLogits,
-    "cross_entropy": CrossEntropy,
-}
-
-
-def get(spec: str | Loss | dict[str, Any]) -> Loss:
-    """Return a :class:`Loss` from a name (``"mse"``, ...), a config dict, or an instance."""
-    if isinstance(spec, Loss):
-        return spec
-    return from_spec(spec, _BY_NAME, "loss", "losses")

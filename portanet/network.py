@@ -1,16 +1,24 @@
-"""``Sequential``: a stack of layers on one namespace, device and dtype."""
+"""``Sequential``: a stack of layers on one namespace, device and dtype.
+
+This module is the model: building (with a shape check of the whole chain),
+``forward``, ``predict``, ``backward``, the parameters, gradients and buffers,
+their state, moving to another backend, and a summary. Training lives in
+``training.py`` and checkpoints in ``io.py``; ``fit``, ``evaluate``,
+``train_step`` and ``save`` here are one-line delegates to them.
+"""
 
 from __future__ import annotations
 
+import importlib
 import operator
+import sys
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from array_api_compat import device as device_of
 
 from . import losses as L
-from . import optim as O
 from .backend import (
     backend_name,
     get_namespace,
@@ -19,45 +27,51 @@ from .backend import (
     namespace_of,
     resolve_device,
     resolve_dtype,
+    size,
     to_array,
     to_numpy,
 )
-from .layers import Context, Layer
+from .layers import Context, Layer, Shape, format_shape
 
-__all__ = ["Sequential"]
+if TYPE_CHECKING:
+    from .optim import Optimizer
+    from .training import History
+
+__all__ = ["ArrayView", "Sequential"]
 
 Array = Any
 
 
-class ParameterView(MutableMapping):
-    """Live ``"i.name" -> array`` view of a network's parameters (or gradients).
+class ArrayView(MutableMapping):
+    """Live ``"i.path" -> array`` view of a network's parameters, gradients or buffers.
 
     Assigning through it writes into the layer, so ``params[k] -= step`` works on
     immutable arrays (JAX) as well as writeable ones.
     """
 
-    def __init__(self, layers: Sequence[Layer], attr: str = "params"):
-        self._attr = attr
+    def __init__(self, layers: Sequence[Layer], kind: str = "params", attr: str | None = None):
+        self._attr = attr or kind  # gradients share the parameters' names: kind "params"
         self.version = 0  # counts assignments, so optimizers can tell nothing was replaced
         # Names are fixed once the layers are built; look them up in one dict.
         self._index: dict[str, tuple[Layer, str]] = {
-            f"{i}.{name}": (layer, name) for i, layer in enumerate(layers) for name in layer.params
+            f"{i}.{path}": (owner, key)
+            for i, layer in enumerate(layers) for path, owner, key in layer.slots(kind)
         }
 
     def __getitem__(self, key: str) -> Array:
-        layer, name = self._index[key]
-        store = getattr(layer, self._attr)
+        owner, name = self._index[key]
+        store = getattr(owner, self._attr)
         if name not in store:
             raise KeyError(key)
         return store[name]
 
     def __setitem__(self, key: str, value: Array) -> None:
-        layer, name = self._index[key]
-        getattr(layer, self._attr)[name] = value
+        owner, name = self._index[key]
+        getattr(owner, self._attr)[name] = value
         self.version += 1
 
     def __delitem__(self, key: str) -> None:
-        raise TypeError("parameters cannot be deleted")
+        raise TypeError("parameters and buffers cannot be deleted")
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)
@@ -68,8 +82,16 @@ class ParameterView(MutableMapping):
     def __contains__(self, key: object) -> bool:
         if key not in self._index:
             return False
-        layer, name = self._index[key]
-        return name in getattr(layer, self._attr)
+        owner, name = self._index[key]
+        return name in getattr(owner, self._attr)
+
+    def to_dict(self) -> dict[str, Array]:
+        """A plain dict of the arrays now in the layers; ``KeyError`` lists any missing."""
+        attr = self._attr
+        try:
+            return {key: getattr(owner, attr)[name] for key, (owner, name) in self._index.items()}
+        except KeyError:
+            raise KeyError([key for key in self._index if key not in self]) from None
 
 
 class Sequential:
@@ -90,6 +112,10 @@ class Sequential:
     seed : int, optional
         Seeds the host RNG that draws initial weights, shuffles and dropout
         masks. The same seed gives the same weights on every backend.
+    input_shape : tuple of int, optional
+        The shape of one sample, e.g. ``(1, 28, 28)``. Default: what the first
+        layer fixes (``Dense(64, 10)``: ``(64,)``). The whole chain of shapes is
+        checked when the network is built, and the layer at fault is named.
     """
 
     def __init__(
@@ -99,48 +125,70 @@ class Sequential:
         device: Any = None,
         dtype: str = "float32",
         seed: int | None = None,
+        input_shape: Sequence[int] | None = None,
     ):
-        if isinstance(layers, Layer) or not isinstance(layers, Iterable):
-            raise TypeError(f"layers must be a sequence of Layer objects, got {type(layers).__name__}")
-        layers = list(layers)
-        if not layers:
-            raise ValueError("Sequential needs at least one layer")
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"layer {i} is {type(layer).__name__}, not a portanet Layer")
-            if layer.ctx is not None:
-                raise ValueError(f"layer {i} ({layer!r}) already belongs to a network")
-            if any(layer is other for other in layers[:i]):
-                raise ValueError(f"layer {i} ({layer!r}) appears twice: each layer needs its own object")
-        for i, layer in enumerate(layers):
-            layer.index = i
+        self.layers = _check_layers(layers)
         seed = _check_seed(seed)
-        self.layers = layers
-        self.in_features, self.out_features = self._check_chain()
+        self.input_shape = self._input_shape(input_shape)
+        self._output_shapes = self._walk(self.input_shape)
+        self._checked_shapes: set[tuple[int, ...]] = set()
         self.xp = get_namespace(backend)
         self.backend = backend_name(self.xp)
         self.device = resolve_device(self.xp, device)
         self.dtype = resolve_dtype(self.xp, dtype, self.device)
         self.seed = seed
         self.rng = host_rng(seed)
-        self.optimizer: O.Optimizer | None = None
+        self.optimizer: Optimizer | None = None  # the last one training used (set by training)
         self.epoch = 0  # epochs completed by fit; saved in checkpoints
         self.stop_training = False  # callbacks set this to end fit after the epoch
         ctx = self._context()
-        for layer in layers:
-            layer.build(ctx)
-        self._params = ParameterView(layers, "params")
-        self._grads = ParameterView(layers, "grads")
-
-    def _check_chain(self) -> tuple[int, int]:
-        features = None
         for layer in self.layers:
-            features = layer.output_features(features)
-        first = next((getattr(lay, "in_features", None) for lay in self.layers
-                      if hasattr(lay, "in_features")), None)
-        if first is None or features is None:
-            raise ValueError("Sequential needs at least one Dense layer to fix its input size")
-        return first, features
+            layer.build(ctx)
+            _check_built(layer)
+        self._params = ArrayView(self.layers, "params")
+        self._grads = ArrayView(self.layers, "params", attr="grads")
+        self._buffers = ArrayView(self.layers, "buffers")
+
+    # --------------------------------------------------------------- shapes --
+    def _input_shape(self, given: Sequence[int] | None) -> Shape:
+        if given is not None:
+            shape = tuple(given)
+            if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                                for s in shape):
+                raise ValueError(f"input_shape must be a tuple of positive ints, got {given!r}")
+            return shape
+        for layer in self.layers:  # the first layer that fixes a shape, past shape-keeping ones
+            fixed = layer.expected_input_shape()
+            if fixed is not None:
+                return tuple(fixed)
+            if not layer.keeps_shape:
+                break
+        raise ValueError("Sequential cannot tell the input shape from its first layer: "
+                         "give input_shape=, e.g. input_shape=(1, 28, 28)")
+
+    def _walk(self, shape: Shape) -> list[Shape]:
+        """Each layer's output shape for a sample of ``shape``; the layers raise
+        ``ValueError`` naming themselves where a shape does not fit."""
+        shapes = []
+        for layer in self.layers:
+            shape = tuple(layer.output_shape(shape))
+            shapes.append(shape)
+        return shapes
+
+    @property
+    def output_shape(self) -> Shape:
+        """The per-sample output shape, e.g. ``(10,)``."""
+        return self._output_shapes[-1]
+
+    @property
+    def in_features(self) -> int | None:
+        """Input features per sample for vector inputs (None for images)."""
+        return self.input_shape[0] if len(self.input_shape) == 1 else None
+
+    @property
+    def out_features(self) -> int | None:
+        """Outputs per sample for vector outputs (the classes of a classifier)."""
+        return self.output_shape[0] if len(self.output_shape) == 1 else None
 
     def _context(self) -> Context:
         return Context(self.xp, self.device, self.dtype, self.rng)
@@ -150,19 +198,24 @@ class Sequential:
         return "float64" if self.dtype == self.xp.float64 else "float32"
 
     # ---------------------------------------------------------- parameters --
-    def parameters(self) -> ParameterView:
+    def parameters(self) -> ArrayView:
         """Ordered, live mapping ``"i.name" -> array`` (e.g. ``"0.weight"``, ``"0.bias"``)."""
         return self._params
 
     def gradients(self) -> dict[str, Array]:
         """Ordered mapping ``"i.name" -> gradient`` from the last :meth:`backward`."""
-        missing = [k for k in self._params if k not in self._grads]
-        if missing:
-            raise RuntimeError(f"no gradients yet for {missing}: call backward() first")
-        return dict(self._grads)
+        try:
+            return self._grads.to_dict()
+        except KeyError as exc:
+            raise RuntimeError(f"no gradients yet for {exc.args[0]}: call backward() first") from None
+
+    def buffers(self) -> ArrayView:
+        """Ordered, live mapping ``"i.name" -> array`` of non-trained state (running
+        statistics): saved, moved and loaded with the parameters, never optimized."""
+        return self._buffers
 
     def num_parameters(self) -> int:
-        return sum(_size(p) for p in self.parameters().values())
+        return sum(size(p) for p in self.parameters().values())
 
     # ------------------------------------------------------------ data in --
     def as_input(self, x: Any, what: str = "x") -> Array:
@@ -171,12 +224,22 @@ class Sequential:
             a = x  # already on this network's namespace, device and dtype
         else:
             a = to_array(x, self.xp, self.device, self.dtype, what=what)
-        if a.ndim != 2 or a.shape[1] != self.in_features:
+        if a.shape[1:] != self.input_shape:  # the common case costs one comparison
+            self._check_sample_shape(tuple(a.shape), what)
+        return a
+
+    def _check_sample_shape(self, shape: tuple[int, ...], what: str) -> None:
+        sample = shape[1:]
+        if len(shape) != 1 + len(self.input_shape) or any(
+            want is not None and got != want for got, want in zip(sample, self.input_shape)
+        ):
             raise ValueError(
                 f"{what}: {self.layers[0].label} expects a batch of shape "
-                f"(n, {self.in_features}), got {tuple(a.shape)}"
+                f"{format_shape(self.input_shape)}, got {shape}"
             )
-        return a
+        if sample not in self._checked_shapes:  # sizes known only now: check the chain once
+            self._walk(sample)
+            self._checked_shapes.add(sample)
 
     def as_target(self, y: Any, n: int, loss: L.Loss) -> Array:
         """Convert targets, keep integer class labels integral, and check them against ``loss``.
@@ -201,19 +264,24 @@ class Sequential:
                 f"y has {a.shape[0] if a.ndim else 'no'} rows but x has {n}: "
                 "each sample needs one target"
             )
-        loss.check_target((n, self.out_features), a)
+        loss.check_target((n, *self.output_shape), a)
         span = host_label_range(y) if labels else None  # device labels: not read (no sync)
-        if span is not None and (span[0] < 0 or span[1] >= self.out_features):
+        classes = self.output_shape[-1]
+        if span is not None and (span[0] < 0 or span[1] >= classes):
             raise ValueError(
-                f"y: class labels must be in [0, {self.out_features}) for a network with "
-                f"{self.out_features} outputs, got labels from {span[0]} to {span[1]}"
+                f"y: class labels must be in [0, {classes}) for a network with "
+                f"{classes} outputs, got labels from {span[0]} to {span[1]}"
             )
         return a
 
     # ------------------------------------------------------------ compute --
     def forward(self, x: Any, training: bool = False) -> Array:
-        """Run the layers; ``training=True`` enables dropout and keeps caches for backward."""
-        return self._forward_checked(self.as_input(x), training)
+        """Run the layers; ``training=True`` is the one switch to training behaviour
+        (dropout on, batch statistics) and keeps what :meth:`backward` needs."""
+        a = self.as_input(x)
+        for layer in self.layers:
+            a = layer.forward(a, training)
+        return a
 
     __call__ = forward
 
@@ -222,117 +290,104 @@ class Sequential:
         a = self.as_input(x)
         n = a.shape[0]
         if batch_size is None or batch_size >= n:
-            return self._forward_checked(a, False)
+            return self.forward(a, training=False)
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        parts = [self._forward_checked(a[i : min(i + batch_size, n), ...], False)
+        parts = [self.forward(a[i : min(i + batch_size, n), ...], training=False)
                  for i in range(0, n, batch_size)]
         return self.xp.concat(parts, axis=0)
 
-    def _forward_checked(self, a: Array, training: bool) -> Array:
-        for layer in self.layers:
-            a = layer.forward(a, training)
-        return a
-
-    def backward(self, grad_output: Array) -> Array:
-        """Backpropagate ``dL/d(output)``: fill every layer's gradients, return ``dL/d(input)``."""
-        return self._backward(grad_output, need_input_grad=True)
-
-    def _backward(self, g: Array, need_input_grad: bool) -> Array | None:
+    def backward(self, grad_output: Array, need_input_grad: bool = True) -> Array | None:
+        """Backpropagate ``dL/d(output)`` through the layers of the last ``forward``: fill
+        every layer's gradients and return ``dL/d(input)`` (None if not ``need_input_grad``,
+        which spares the first layer that product)."""
+        g = grad_output
         for i in range(len(self.layers) - 1, -1, -1):
             g = self.layers[i].backward(g, need_input_grad or i > 0)
         return g
 
-    def train_step(
+    # ------------------------------------------- delegates to lower modules --
+    def train_step(self, x: Any, y: Any, loss: str | L.Loss, optimizer: Optimizer) -> Array:
+        """One forward, backward and optimizer update on ``(x, y)``; the loss as a 0-d
+        device array (no host sync). Delegates to :func:`portanet.training.train_step`."""
+        return _lower("training").train_step(self, x, y, loss, optimizer)
+
+    def fit(
         self,
         x: Any,
         y: Any,
+        *,
         loss: str | L.Loss,
-        optimizer: O.Optimizer,
-    ) -> Array:
-        """One forward, backward and optimizer update on the batch ``(x, y)``.
+        optimizer: str | Optimizer,
+        epochs: int = 1,
+        batch_size: int | None = 32,
+        shuffle: bool = True,
+        validation_data: tuple[Any, Any] | None = None,
+        validation_split: float = 0.0,
+        metrics: Sequence[Any] = (),
+        callbacks: Iterable[Any] = (),
+        verbose: int = 1,
+        initial_epoch: int = 0,
+        check_finite: int = 1,
+        divergence_factor: float = 1e4,
+    ) -> History:
+        """Train on ``(x, y)`` with mini-batches; returns a :class:`~portanet.training.History`.
 
-        Returns the loss as a 0-d array on the device: nothing is synced with
-        the host. Inputs are checked before anything changes.
+        Every argument is described at :func:`portanet.training.fit`, to which this
+        delegates: ``loss``, ``optimizer``, ``epochs``, ``batch_size`` (None: full
+        batch), ``shuffle``, ``validation_data``, ``validation_split`` (the last
+        rows), ``metrics``, ``callbacks``, ``verbose`` (0 silent, 1 a bar, 2 a line
+        per epoch), ``initial_epoch``, ``check_finite`` and ``divergence_factor``.
         """
-        loss = L.get(loss)
-        if not isinstance(optimizer, O.Optimizer):
-            raise TypeError(f"optimizer must be a portanet Optimizer, got {type(optimizer).__name__}")
-        xa = self.as_input(x)
-        ya = self.as_target(y, xa.shape[0], loss)
-        value, _ = self._loss_and_gradients(xa, ya, loss)
-        self._apply_gradients(optimizer)
-        return value
+        return _lower("training").fit(self, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
+                   batch_size=batch_size, shuffle=shuffle, validation_data=validation_data,
+                   validation_split=validation_split, metrics=metrics, callbacks=callbacks,
+                   verbose=verbose, initial_epoch=initial_epoch, check_finite=check_finite,
+                   divergence_factor=divergence_factor)
 
-    def _loss_and_gradients(self, x: Array, y: Array, loss: L.Loss) -> tuple[Array, Array]:
-        """Forward in training mode, loss, and backward on checked device arrays.
+    def evaluate(self, x: Any, y: Any, *, loss: str | L.Loss, metrics: Sequence[Any] = (),
+                 batch_size: int | None = 256) -> dict[str, float]:
+        """Loss and metrics on ``(x, y)`` in evaluation mode, as floats. Delegates to
+        :func:`portanet.training.evaluate`."""
+        return _lower("training").evaluate(self, x, y, loss=loss, metrics=metrics,
+                                           batch_size=batch_size)
 
-        Returns the loss (0-d) and the prediction; fills every layer's ``grads``.
-        """
-        pred = self._forward_checked(x, True)
-        value = loss.value(pred, y)
-        self._backward(loss.grad(pred, y), need_input_grad=False)
-        return value, pred
-
-    def _apply_gradients(self, optimizer: O.Optimizer) -> None:
-        optimizer.step(self._params, self._grads)
-        self.optimizer = optimizer
-
-    def fit(self, x: Any, y: Any, **kwargs: Any) -> Any:
-        """Train on ``(x, y)``; returns a :class:`~portanet.training.History`.
-
-        Keyword arguments (see :func:`portanet.training.fit`): ``loss``,
-        ``optimizer``, ``epochs=1``, ``batch_size=32`` (None: full batch),
-        ``shuffle=True``, ``validation_data=None``, ``validation_split=0.0``,
-        ``metrics=()``, ``callbacks=()``, ``verbose=1`` (0 silent, 1 a tqdm bar
-        per epoch, 2 a line per epoch), ``initial_epoch=0``, ``check_finite=1``.
-        """
-        from .training import fit
-
-        return fit(self, x, y, **kwargs)
-
-    def evaluate(self, x: Any, y: Any, **kwargs: Any) -> dict[str, float]:
-        """Loss and metrics on ``(x, y)`` as a dict of floats (``loss=``, ``metrics=``,
-        ``batch_size=256``)."""
-        from .training import evaluate
-
-        return evaluate(self, x, y, **kwargs)
-
-    def save(self, path: Any, optimizer: O.Optimizer | None = None) -> None:
-        """Write a checkpoint (see :func:`portanet.io.save`); atomic."""
-        from .io import save
-
-        save(self, path, optimizer=optimizer)
+    def save(self, path: Any, optimizer: Optimizer | None = None) -> None:
+        """Write a checkpoint (atomic; optionally with ``optimizer``). Delegates to
+        :func:`portanet.io.save`."""
+        _lower("io").save(self, path, optimizer=optimizer)
 
     # --------------------------------------------------------------- state --
     def state_dict(self) -> dict[str, Any]:
-        """Host NumPy copies of the parameters, by name."""
-        return {name: to_numpy(p) for name, p in self.parameters().items()}
+        """Host NumPy copies of the parameters, then the buffers, by name."""
+        arrays = {**self.parameters(), **self.buffers()}
+        return {name: to_numpy(a) for name, a in arrays.items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load parameters by name. Names and shapes must match exactly; on any
-        mismatch nothing is changed."""
-        params = self.parameters()
-        expected, given = set(params), set(state)
+        """Load parameters and buffers by name. Names and shapes must match exactly; on
+        any mismatch nothing is changed."""
+        views = [self.parameters(), self.buffers()]
+        expected, given = {k for v in views for k in v}, set(state)
         if expected != given:
             raise ValueError(
                 f"load_state_dict: missing {sorted(expected - given)}, "
                 f"unexpected {sorted(given - expected)}"
             )
-        new = {}
-        for name in params:
-            a = to_array(state[name], self.xp, self.device, self.dtype, what=name, copy=True)
-            if tuple(a.shape) != tuple(params[name].shape):
-                raise ValueError(
-                    f"load_state_dict: {name} has shape {tuple(a.shape)}, "
-                    f"expected {tuple(params[name].shape)}"
-                )
-            new[name] = a
-        for name, a in new.items():
-            params[name] = a
+        new = []
+        for view in views:
+            for name in view:
+                a = to_array(state[name], self.xp, self.device, self.dtype, what=name, copy=True)
+                if tuple(a.shape) != tuple(view[name].shape):
+                    raise ValueError(
+                        f"load_state_dict: {name} has shape {tuple(a.shape)}, "
+                        f"expected {tuple(view[name].shape)}"
+                    )
+                new.append((view, name, a))
+        for view, name, a in new:
+            view[name] = a
 
     def to(self, backend: str | ModuleType | None = None, device: Any = None) -> Sequential:
-        """Move parameters (and the optimizer state this network holds) to another
+        """Move parameters, buffers (and the optimizer state this network holds) to another
         backend and/or device, in place. Returns ``self``."""
         xp = self.xp if backend is None else get_namespace(backend)
         dev = resolve_device(xp, device)
@@ -341,43 +396,83 @@ class Sequential:
         def move(a: Array) -> Array:  # a copy: DLPack views can be shared and read-only
             return to_array(a, xp, dev, None, copy=True)
 
-        params = self.parameters()
-        moved = {name: move(p) for name, p in params.items()}
+        views = [self.parameters(), self.buffers()]
+        moved = [(view, name, move(a)) for view in views for name, a in view.items()]
         self.xp, self.backend, self.device, self.dtype = xp, backend_name(xp), dev, dtype
         ctx = self._context()
-        for layer in self.layers:
+        for layer in _all_layers(self.layers):
             layer.ctx = ctx
             layer.grads.clear()
-        for name, a in moved.items():
-            params[name] = a
+        for view, name, a in moved:
+            view[name] = a
         if self.optimizer is not None:
             self.optimizer.map_state(move)
         return self
 
     # ------------------------------------------------------------ describe --
     def config(self) -> dict[str, Any]:
-        """JSON-able architecture: layer configs, dtype and seed."""
+        """JSON-able architecture: layer configs, dtype, seed and the input shape."""
         return {"layers": [layer.config() for layer in self.layers], "dtype": self.dtype_name,
-                "seed": self.seed}
+                "seed": self.seed, "input_shape": list(self.input_shape)}
 
     def summary(self) -> str:
         """A table of layers, output shapes and parameter counts."""
         rows = [("#", "layer", "output shape", "params")]
-        features = None
-        for i, layer in enumerate(self.layers):
-            features = layer.output_features(features)
-            count = sum(_size(p) for p in layer.params.values())
-            rows.append((str(i), repr(layer), f"(n, {features})", f"{count:,}"))
+        for i, (layer, shape) in enumerate(zip(self.layers, self._output_shapes)):
+            count = sum(size(owner.params[key]) for _, owner, key in layer.slots("params"))
+            rows.append((str(i), repr(layer), format_shape(shape), f"{count:,}"))
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
         rule = "-" * len(lines[0])
-        footer = (f"total parameters: {self.num_parameters():,}  "
+        footer = (f"input shape: {format_shape(self.input_shape)}  "
+                  f"total parameters: {self.num_parameters():,}  "
                   f"backend: {self.backend}  device: {self.device}  dtype: {self.dtype_name}")
         return "\n".join([lines[0], rule, *lines[1:], rule, footer])
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential([{inner}], backend={self.backend!r}, dtype={self.dtype_name!r})"
+
+
+def _lower(name: str) -> ModuleType:
+    """``portanet.<name>``, a module below this one in the module map, imported on first
+    use: the one way the delegates ``train_step``, ``fit``, ``evaluate`` and ``save`` reach
+    it (an import statement in each would cost two microseconds per training step)."""
+    return sys.modules.get(f"portanet.{name}") or importlib.import_module(f"portanet.{name}")
+
+
+def _check_layers(layers: Any) -> list[Layer]:
+    if isinstance(layers, Layer) or not isinstance(layers, Iterable):
+        raise TypeError(f"layers must be a sequence of Layer objects, got {type(layers).__name__}")
+    layers = list(layers)
+    if not layers:
+        raise ValueError("Sequential needs at least one layer")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layer {i} is {type(layer).__name__}, not a portanet Layer")
+        if layer.ctx is not None:
+            raise ValueError(f"layer {i} ({layer!r}) already belongs to a network")
+        if any(layer is other for other in layers[:i]):
+            raise ValueError(f"layer {i} ({layer!r}) appears twice: each layer needs its own object")
+    for i, layer in enumerate(layers):
+        layer.index = i
+    return layers
+
+
+def _all_layers(layers: Iterable[Layer]) -> Iterator[Layer]:
+    """Every layer, and the layers inside each, depth first."""
+    for layer in layers:
+        yield layer
+        yield from _all_layers(child for _, child in layer.children())
+
+
+def _check_built(layer: Layer) -> None:
+    """A layer must create exactly the parameters and buffers that it declares (checkpoints
+    trust the declaration to check files before anything is allocated)."""
+    for kind, shapes in (("params", layer.param_shapes()), ("buffers", layer.buffer_shapes())):
+        made = {k: tuple(a.shape) for k, a in getattr(layer, kind).items()}
+        if made != {k: tuple(s) for k, s in shapes.items()}:
+            raise RuntimeError(f"{layer.label} built {kind} {made}, but declares {shapes}")
 
 
 def _check_seed(seed: Any) -> int | None:
@@ -398,10 +493,3 @@ def _is_ready(x: Any, xp: ModuleType, dtype: Any, device: Any) -> bool:
     except TypeError:  # not an array of a known namespace
         return False
     return ready and not getattr(x, "requires_grad", False)  # torch tensors in a graph
-
-
-def _size(a: Array) -> int:
-    n = 1
-    for s in a.shape:
-        n *= int(s)
-    return n

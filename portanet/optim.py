@@ -1,8 +1,4 @@
-"""Optimizers with the update rules of ``torch.optim``.
-
-SGD follows torch's operations one for one; Adam computes the same rule in
-the equivalent form of its paper, one array pass fewer, and so agrees with
-torch up to rounding (``tests/test_torch_oracle.py`` bounds the difference).
+"""Optimizers with the update rules of ``torch.optim``, learning-rate schedules, clipping.
 
 An optimizer is a little state plus an update rule. ``step(params, grads)``
 updates a mapping of named parameters with augmented assignment
@@ -10,8 +6,17 @@ updates a mapping of named parameters with augmented assignment
 torch) and by rebinding where they are not (JAX). The state is plain named
 arrays (``state[slot][param_name]``), so it can be saved and moved.
 
+Each rule below is written once, as ``torch.optim``'s documentation states it.
+SGD follows torch's operations one for one; Adam computes the same rule in the
+equivalent form of its paper, one array pass fewer, and so agrees with torch up
+to rounding (``tests/test_torch_oracle.py`` bounds the difference). On host
+arrays the base class applies the rule to packed or blocked views of the arrays
+(``_fast_optim.py``), with bitwise the same result.
+
 Hyperparameters are Python floats, so float32 math stays float32, and the
-step count lives on the host, so bias corrections cost no device sync.
+step count lives on the host, so bias corrections and schedules cost no device
+sync. ``lr`` may be a float or a schedule: a function of the step count,
+evaluated on the host before each step.
 """
 
 from __future__ import annotations
@@ -21,13 +26,37 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from array_api_compat import device as device_of
-from array_api_compat import is_writeable_array
 
-from .backend import is_host_array, namespace_of, to_array, to_numpy
+from . import _fast_optim as fast
+from .backend import namespace_of, to_array, to_numpy
+from .registry import Registry
 
-__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_by_global_norm", "clip_by_value", "get"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "CosineAnnealing",
+    "ExponentialLR",
+    "Optimizer",
+    "Schedule",
+    "StepLR",
+    "clip_by_global_norm",
+    "clip_by_value",
+    "get",
+    "get_schedule",
+]
 
 Array = Any
+
+#: Every optimizer name (case does not matter: ``"adam"``, ``"Adam"``).
+OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", case_sensitive=False)
+#: Every schedule name; an optimizer saved with a schedule for ``lr`` stores its config.
+SCHEDULES: Registry[Schedule] = Registry("schedule")
+
+
+# ----------------------------------------------------------------- clipping --
 
 
 def clip_by_value(grads: Mapping[str, Array], clip_value: float) -> dict[str, Array]:
@@ -53,19 +82,126 @@ def clip_by_global_norm(grads: Mapping[str, Array], max_norm: float) -> dict[str
     return {name: g * scale for name, g in grads.items()}
 
 
+# ---------------------------------------------------------------- schedules --
+
+
+class Schedule:
+    """A learning rate as a function of a count: ``schedule(t) -> lr``.
+
+    ``t`` counts optimizer steps when the schedule is an optimizer's ``lr``
+    (``Adam(lr=CosineAnnealing(1000, initial_lr=3e-3))``), or what ``per`` says
+    when a :class:`~portanet.callbacks.LearningRateScheduler` applies it
+    (``"epoch"``, or ``"step"`` so that it resumes exactly from a checkpoint).
+    The rate starts from ``initial_lr``: the schedule's own, or the one passed in.
+    """
+
+    per = "epoch"
+
+    def __init__(self, initial_lr: float | None = None):
+        self.initial_lr = None if initial_lr is None else _positive_float("initial_lr", initial_lr)
+
+    def __call__(self, t: int, initial_lr: float | None = None) -> float:
+        base = self.initial_lr if initial_lr is None else initial_lr
+        if base is None:
+            raise ValueError(f"{type(self).__name__} has no initial_lr: give initial_lr= to use "
+                             "it as an optimizer's lr")
+        return self.value(t, float(base))
+
+    def value(self, t: int, initial_lr: float) -> float:
+        """The learning rate at count ``t`` for a schedule starting from ``initial_lr``."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able arguments that rebuild the schedule through :data:`SCHEDULES`."""
+        raise NotImplementedError
+
+
+def get_schedule(spec: str | Mapping[str, Any] | Schedule) -> Schedule:
+    """A :class:`Schedule` from a config dict (``{"name": "cosine", ...}``) or an instance."""
+    return spec if isinstance(spec, Schedule) else SCHEDULES.create(spec)
+
+
+@SCHEDULES.register("step")
+class StepLR(Schedule):
+    """``lr = initial_lr * gamma ** (t // step_size)``, as ``torch.optim.lr_scheduler.StepLR``."""
+
+    def __init__(self, step_size: int, gamma: float = 0.1, initial_lr: float | None = None):
+        super().__init__(initial_lr)
+        self.step_size, self.gamma = int(step_size), float(gamma)
+        if self.step_size < 1:
+            raise ValueError(f"StepLR: step_size must be a positive int, got {step_size!r}")
+
+    def value(self, t: int, initial_lr: float) -> float:
+        return initial_lr * self.gamma ** (t // self.step_size)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "step", "step_size": self.step_size, "gamma": self.gamma,
+                "initial_lr": self.initial_lr}
+
+
+@SCHEDULES.register("exponential")
+class ExponentialLR(Schedule):
+    """``lr = initial_lr * gamma ** t``."""
+
+    def __init__(self, gamma: float, initial_lr: float | None = None):
+        super().__init__(initial_lr)
+        self.gamma = float(gamma)
+
+    def value(self, t: int, initial_lr: float) -> float:
+        return initial_lr * self.gamma**t
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "exponential", "gamma": self.gamma, "initial_lr": self.initial_lr}
+
+
+@SCHEDULES.register("cosine")
+class CosineAnnealing(Schedule):
+    """Linear warm-up for ``warmup_steps``, then cosine decay to ``eta_min`` at ``total_steps``.
+
+    Counted in optimizer steps: ``lr = eta_min + (initial_lr - eta_min) (1 + cos(pi s)) / 2``
+    with ``s`` the fraction of the decay done.
+    """
+
+    per = "step"
+
+    def __init__(self, total_steps: int, eta_min: float = 0.0, warmup_steps: int = 0,
+                 initial_lr: float | None = None):
+        super().__init__(initial_lr)
+        if total_steps <= warmup_steps:
+            raise ValueError("CosineAnnealing: total_steps must exceed warmup_steps")
+        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
+        self.eta_min = float(eta_min)
+
+    def value(self, t: int, initial_lr: float) -> float:
+        if t < self.warmup_steps:
+            return initial_lr * (t + 1) / self.warmup_steps
+        s = min(1.0, (t - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return self.eta_min + (initial_lr - self.eta_min) * 0.5 * (1.0 + math.cos(math.pi * s))
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "cosine", "total_steps": self.total_steps, "eta_min": self.eta_min,
+                "warmup_steps": self.warmup_steps, "initial_lr": self.initial_lr}
+
+
+# ------------------------------------------------------------ the base class --
+
+
 class Optimizer:
-    """Base class: gradient clipping, the step count, and state handling.
+    """Base class: the step count, the learning rate (or its schedule), clipping, and state.
 
     Parameters
     ----------
-    lr : float
-        Learning rate (a Python float; schedules change ``optimizer.lr``).
+    lr : float, Schedule or callable
+        The learning rate, a Python float; or a schedule, ``lr(step) -> float``,
+        evaluated on the host before each step (``step`` counts from 0). A
+        :class:`Schedule` (or its config dict) can be saved in a checkpoint.
     clip_norm : float, optional
         Clip the global gradient norm to this value before the update.
     clip_value : float, optional
         Clip each gradient element to ``[-clip_value, clip_value]``.
     initial_lr : float, optional
-        The learning rate that schedules start from (default: ``lr``).
+        The learning rate that epoch-level schedules
+        (:class:`~portanet.callbacks.LearningRateScheduler`) start from (default: ``lr``).
     """
 
     #: the per-parameter state arrays this optimizer keeps
@@ -73,14 +209,18 @@ class Optimizer:
 
     def __init__(
         self,
-        lr: float,
+        lr: float | Schedule | Callable[[int], float] | Mapping[str, Any],
         *,
         clip_norm: float | None = None,
         clip_value: float | None = None,
         initial_lr: float | None = None,
     ):
-        self.lr = _positive_float("lr", lr, allow_zero=True)
-        # Schedules scale the learning rate the optimizer was built with; it is
+        if isinstance(lr, Mapping):
+            lr = get_schedule(lr)
+        self.schedule = lr if callable(lr) else None
+        first = self.schedule(0) if self.schedule is not None else lr
+        self.lr = _positive_float("lr", first, allow_zero=True)
+        # Epoch schedules scale the learning rate the optimizer was built with; it is
         # saved with the optimizer so that a resumed run follows the same schedule.
         self.initial_lr = self.lr if initial_lr is None else _positive_float("initial_lr", initial_lr)
         self.clip_norm = None if clip_norm is None else _positive_float("clip_norm", clip_norm)
@@ -89,14 +229,12 @@ class Optimizer:
         self.state: dict[str, dict[str, Array]] = {slot: {} for slot in self.slots}
         # True while state may sit on the host or another device (after a load or move).
         self._check_placement = False
-        self._packed: _Packed | None = None
+        self._packed: fast.Packed | None = None  # the fast path's cache (_fast_optim.py)
         self._packed_seen: tuple[Any, Any, Any] | None = None
 
     def step(self, params: MutableMapping[str, Array], grads: Mapping[str, Array]) -> None:
         """Apply one update to ``params`` from ``grads`` (both keyed by parameter name)."""
-        packed = self._packed_for(params)
-        names = packed.names if packed is not None else list(params)
-        missing = [name for name in names if name not in grads]
+        missing = [name for name in params if name not in grads]
         if missing:
             raise KeyError(f"{type(self).__name__}.step: no gradient for parameters {missing}")
         if self.clip_value is not None:
@@ -106,54 +244,33 @@ class Optimizer:
         if self._check_placement:  # after a load or a move: check and place all state first
             for name in params:
                 for slot in self.slots:
-                    self._state_for(slot, name, params[name])
+                    self.state_for(slot, name, params[name])
             self._check_placement = False
-            packed = self._packed_for(params)
+        if self.schedule is not None:
+            self.lr = _scheduled_lr(self.schedule, self.step_count)
         self._prepare_step(self.step_count + 1)
-        if packed is not None:  # small network: one update over all parameters at once
-            xp = namespace_of(packed.p)
-            flat_g = xp.concat([grads[name] for name in packed.names], axis=None)  # flattened
-            self._rule(packed.p, flat_g, *packed.state)
+        packed = fast.packed(self, params)
+        if packed is not None:  # a small host network: one update over all parameters at once
+            packed.update(self._rule, grads)
         else:
             for name in params:
                 self._update_param(params, name, grads[name])
         self.step_count += 1
 
-    def _packed_for(self, params: MutableMapping[str, Array]) -> _Packed | None:
-        """The flat buffers of a small network's parameters and state, made on first use
-        (and again after anything replaced a parameter or a state array)."""
-        # A network's live parameter view counts its assignments (``version``): while
-        # it and the state dict are unchanged, the last decision stands, at no cost.
-        seen = (params, getattr(params, "version", None), self.state)
-        if self._packed_seen is not None and seen[1] is not None and all(
-            a is b for a, b in zip(seen, self._packed_seen)
-        ):
-            return self._packed
-        if self._packed is None or not self._packed.intact(params, self.state):
-            self._packed = _Packed.make(params, self, self.slots)
-        self._packed_seen = (params, getattr(params, "version", None), self.state)
-        return self._packed
-
-    def _prepare_step(self, t: int) -> None:
-        """Compute the scalars of step ``t`` (Python floats) before the per-parameter loop."""
-
     def _update_param(self, params: MutableMapping[str, Array], name: str, g: Array) -> None:
         p = params[name]
-        state = [self._state_for(slot, name, p) for slot in self.slots]
-        if _blockwise(p):
-            # Update in cache-sized blocks of views: the temporaries of the rule
-            # stay in cache, so only p, g and the state stream through memory.
-            for rows in _row_blocks(p.shape):
-                self._rule(p[rows, ...], g[rows, ...], *[a[rows, ...] for a in state])
+        state = [self.state_for(slot, name, p) for slot in self.slots]
+        if fast.blockwise(p):  # a large host array: in place, block by block
+            fast.update_in_blocks(self._rule, p, g, state)
             return
         new_p, *new_state = self._rule(p, g, *state)
         params[name] = new_p
         for slot, a in zip(self.slots, new_state):
             self.state[slot][name] = a
 
-    def _state_for(self, slot: str, name: str, p: Array) -> Array:
-        """The state array of ``slot`` for ``p``: zeros at first, and moved to ``p``'s
-        namespace, device and dtype after a load or a move."""
+    def state_for(self, slot: str, name: str, p: Array) -> Array:
+        """The state array of ``slot`` for parameter ``name``: zeros at first, and moved to
+        ``p``'s namespace, device and dtype after a load or a move."""
         buf = self.state[slot].get(name)
         if buf is None:
             buf = namespace_of(p).zeros_like(p)
@@ -169,8 +286,11 @@ class Optimizer:
                 self.state[slot][name] = buf
         return buf
 
+    def _prepare_step(self, t: int) -> None:
+        """Compute the scalars of step ``t`` (Python floats) before the per-parameter loop."""
+
     def _rule(self, p: Array, g: Array, *state: Array) -> tuple[Array, ...]:
-        """The update of one parameter (or a block of it): returns ``(p, *state)``.
+        """The update of one parameter (or a view of it): returns ``(p, *state)``.
 
         It updates with augmented assignment, so writeable arrays (and views of
         them) change in place and immutable ones are returned anew.
@@ -179,9 +299,21 @@ class Optimizer:
 
     # -- state -----------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        """Hyperparameters as JSON-able values; ``type(self)(**config)`` rebuilds it."""
-        return {"lr": self.lr, "clip_norm": self.clip_norm, "clip_value": self.clip_value,
-                "initial_lr": self.initial_lr}
+        """Hyperparameters as JSON-able values; ``type(self)(**config)`` rebuilds it.
+
+        Raises ``ValueError`` when ``lr`` is a schedule that cannot be described
+        (a plain function rather than a :class:`Schedule`).
+        """
+        return {"lr": self._lr_config(), "clip_norm": self.clip_norm,
+                "clip_value": self.clip_value, "initial_lr": self.initial_lr}
+
+    def _lr_config(self) -> float | dict[str, Any]:
+        if self.schedule is None:
+            return self.lr
+        if not isinstance(self.schedule, Schedule):
+            raise ValueError(f"{type(self).__name__}: lr is the function {self.schedule!r}, which "
+                             "cannot be saved; use a registered Schedule (optim.SCHEDULES)")
+        return self.schedule.config()
 
     def state_dict(self) -> dict[str, Any]:
         """``{"step": int, "state": {param_name: {slot: numpy array}}}``, on the host."""
@@ -216,6 +348,8 @@ class Optimizer:
         self.state = new_state
         self._check_placement = True
         self._packed_seen = None
+        if self.schedule is not None:
+            self.lr = _scheduled_lr(self.schedule, step)
 
     def map_state(self, fn: Callable[[Array], Array]) -> None:
         """Replace every state array ``a`` with ``fn(a)`` (used to move between devices)."""
@@ -226,91 +360,19 @@ class Optimizer:
         self._packed_seen = None
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if v is not None)
+        lr = self.schedule if self.schedule is not None else self.lr
+        rest = {k: v for k, v in self.config().items() if k != "lr"} if self.schedule is None \
+            else {"clip_norm": self.clip_norm, "clip_value": self.clip_value}
+        args = ", ".join([f"lr={lr!r}"] + [f"{k}={v!r}" for k, v in rest.items() if v is not None])
         return f"{type(self).__name__}({args})"
 
 
-#: Up to this many parameter elements in all, writeable host parameters are
-#: packed into one flat buffer (each parameter a view of it), so that a small
-#: network's update is a dozen array operations rather than a dozen per parameter.
-PACK_ELEMENTS = 1 << 16
-
-
-class _Packed:
-    """Parameters and optimizer state as views of flat buffers (``p`` and ``state``)."""
-
-    def __init__(self, names: list[str], p: Array, state: list[Array],
-                 views: dict[str, Array], state_views: list[dict[str, Array]]):
-        self.names, self.p, self.state = names, p, state
-        self.views, self.state_views = views, state_views
-
-    @classmethod
-    def make(cls, params: MutableMapping[str, Array], opt: Optimizer,
-             slots: tuple[str, ...]) -> _Packed | None:
-        names = list(params)
-        arrays = [params[n] for n in names]
-        if not arrays or sum(math.prod(a.shape) for a in arrays) > PACK_ELEMENTS:
-            return None
-        first = arrays[0]
-        xp = namespace_of(first)
-        if not all(is_writeable_array(a) and is_host_array(a) and a.dtype == first.dtype
-                   and namespace_of(a) is xp for a in arrays):
-            return None
-
-        def pack(parts: list[Array]) -> tuple[Array, dict[str, Array]]:
-            flat = xp.concat([xp.reshape(a, (-1,)) for a in parts])
-            views, start = {}, 0
-            for name, a in zip(names, parts):
-                stop = start + math.prod(a.shape)
-                views[name] = xp.reshape(flat[start:stop], a.shape, copy=False)
-                start = stop
-            return flat, views
-
-        flat_p, views = pack(arrays)
-        state, state_views = [], []
-        for slot in slots:
-            flat_s, s_views = pack([opt._state_for(slot, n, params[n]) for n in names])
-            state.append(flat_s)
-            state_views.append(s_views)
-            opt.state[slot].update(s_views)
-        for name, view in views.items():
-            params[name] = view
-        return cls(names, flat_p, state, views, state_views)
-
-    def intact(self, params: Mapping[str, Array], state: Mapping[str, dict[str, Array]]) -> bool:
-        """Whether every parameter and state array is still the view made here."""
-        if list(params) != self.names:
-            return False
-        if any(params[n] is not v for n, v in self.views.items()):
-            return False
-        slots = list(state.values())
-        return all(arrays.get(n) is v for arrays, views in zip(slots, self.state_views)
-                   for n, v in views.items())
-
-
-#: Elements per block when host arrays are updated in place: the rule's few
-#: temporaries of this size (128 KiB in float32) stay in a core's L2 cache.
-BLOCK_ELEMENTS = 32768
-
-
-def _blockwise(p: Array) -> bool:
-    """Large writeable host arrays are updated block by block (see ``_update_param``)."""
-    return math.prod(p.shape) >= 2 * BLOCK_ELEMENTS and is_writeable_array(p) and is_host_array(p)
-
-
-def _row_blocks(shape: tuple[int, ...]) -> list[slice]:
-    """Slices along axis 0 covering about ``BLOCK_ELEMENTS`` elements each."""
-    rows = max(1, BLOCK_ELEMENTS // max(1, math.prod(shape[1:])))
-    return [slice(i, min(i + rows, shape[0])) for i in range(0, shape[0], rows)]
-
-
-def _assign(dst: Array, value: Array) -> Array:
-    """Write ``value`` into ``dst`` in place where ``dst`` is writeable (a block view
-    must be written through); otherwise return ``value`` to rebind."""
-    if is_writeable_array(dst):
-        dst[...] = value
-        return dst
-    return value
+def _scheduled_lr(schedule: Callable[[int], float], step: int) -> float:
+    lr = float(schedule(step))
+    if not (lr >= 0.0 and math.isfinite(lr)):
+        raise ValueError(f"the learning-rate schedule gave {lr!r} at step {step}; it must be a "
+                         "finite number >= 0")
+    return lr
 
 
 def _same_namespace_and_device(a: Array, b: Array) -> bool:
@@ -335,6 +397,10 @@ def _unit_interval(name: str, value: Any) -> float:
     return value
 
 
+# ------------------------------------------------------------- the rules --
+
+
+@OPTIMIZERS.register("sgd")
 class SGD(Optimizer):
     """Stochastic gradient descent, the rule of ``torch.optim.SGD`` (dampening 0).
 
@@ -378,6 +444,7 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay}
 
 
+@OPTIMIZERS.register("adam")
 class Adam(Optimizer):
     """Adam, the rule of ``torch.optim.Adam``.
 
@@ -437,7 +504,7 @@ class Adam(Optimizer):
         v += g2
         second = v
         if self.amsgrad:
-            vmax = [_assign(vmax[0], xp.maximum(vmax[0], v))]
+            vmax = [fast.assign(vmax[0], xp.maximum(vmax[0], v))]
             second = vmax[0]
         denom = xp.sqrt(second)  # sqrt(v) + eps_t
         denom += self._eps_t
@@ -451,6 +518,7 @@ class Adam(Optimizer):
                 "weight_decay": self.weight_decay, "amsgrad": self.amsgrad}
 
 
+@OPTIMIZERS.register("adamw")
 class AdamW(Adam):
     """AdamW, the rule of ``torch.optim.AdamW``: decoupled weight decay.
 
@@ -468,14 +536,11 @@ class AdamW(Adam):
         return p, g
 
 
-_BY_NAME: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
-
-
 def get(spec: str | Optimizer, **kwargs: Any) -> Optimizer:
-    """Return an optimizer from a name (``"sgd"``, ``"adam"``, ``"adamw"``) or an instance."""
+    """Return an optimizer from a name (``"sgd"``, ``"adam"``, ``"adamw"``) or an instance.
+
+    ``kwargs`` (``lr=``, ``weight_decay=``, ...) go to the optimizer's constructor.
+    """
     if isinstance(spec, Optimizer):
         return spec
-    key = spec.lower() if isinstance(spec, str) else spec
-    if key not in _BY_NAME:
-        raise ValueError(f"unknown optimizer {spec!r}; known optimizers are sgd, adam, adamw")
-    return _BY_NAME[key](**kwargs)
+    return OPTIMIZERS.create(spec, **kwargs)

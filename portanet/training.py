@@ -1,10 +1,19 @@
-"""The fit loop: batches, validation, metrics, callbacks, divergence and Ctrl-C.
+"""Training: one step, the fit loop, evaluation, and the history they record.
 
-Data goes to the device once per ``fit`` call; batches are gathered on the
-device with ``take``. Losses and metrics are summed on the device and reach the
-host once per epoch (and when the progress bar refreshes, a few times a
-second at most), so a GPU is not stalled every step. The one per-step check is
-for divergence, which ``check_finite`` controls.
+A training step is three calls on the model's public API
+(:func:`train_step`): ``loss_and_gradients`` runs the network forward in
+training mode, takes the loss and backpropagates its gradient, and
+``apply_gradients`` hands the gradients to the optimizer.
+
+``fit`` runs such steps over shuffled mini-batches, in three parts:
+:func:`_plan_fit` checks every argument and moves the data to the device once
+(a bad argument changes nothing), :func:`_run_epoch` takes the steps of one
+epoch, and :func:`_end_epoch` logs, validates and calls the callbacks.
+
+Losses and metrics are summed on the device and reach the host once per epoch
+(and when the progress bar refreshes, a few times a second at most), so a GPU
+is not stalled every step. The one per-step check is for divergence, which
+``check_finite`` controls.
 """
 
 from __future__ import annotations
@@ -13,31 +22,40 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from array_api_compat import is_writeable_array
 
 from . import losses as L
+from . import metrics as M
 from . import optim as O
-from .backend import from_host, namespace_of, to_numpy
+from .backend import to_array, to_numpy
+from .callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+)
 
 if TYPE_CHECKING:
     from .network import Sequential
 
 __all__ = [
     "Callback",
-    "CosineAnnealing",
     "EarlyStopping",
-    "ExponentialLR",
     "History",
     "LearningRateScheduler",
     "ModelCheckpoint",
     "ReduceLROnPlateau",
-    "StepLR",
     "TrainingDivergedError",
+    "apply_gradients",
     "evaluate",
     "fit",
+    "loss_and_gradients",
+    "train_step",
 ]
 
 Array = Any
@@ -59,69 +77,43 @@ class TrainingDivergedError(RuntimeError):
         )
 
 
-# ---------------------------------------------------------------- metrics ----
+# --------------------------------------------------------------- one step ----
 
 
-class Metric:
-    """A metric summed over batches on the device: ``total(pred, target)`` returns a
-    0-d array; the epoch value is the sum over batches divided by the sample count."""
+def loss_and_gradients(net: Sequential, x: Array, y: Array, loss: L.Loss) -> tuple[Array, Array]:
+    """Forward in training mode, the loss, and backward, on device arrays that
+    ``net.as_input`` and ``net.as_target`` have checked.
 
-    name = "metric"
-
-    def total(self, pred: Array, target: Array) -> Array:
-        raise NotImplementedError
-
-
-class Accuracy(Metric):
-    """Fraction of correct predictions.
-
-    Multiclass ``(n, k)`` predictions: argmax against integer labels or the argmax
-    of probability targets. Binary ``(n, 1)``: thresholded at 0 for logits and
-    at 0.5 for probabilities (``from_logits`` follows the loss when not given).
+    Returns the loss (a 0-d device array) and the prediction; fills the layers'
+    gradients. The first layer's input gradient is not computed: nobody needs it.
     """
-
-    name = "accuracy"
-
-    def __init__(self, from_logits: bool = True):
-        self.from_logits = from_logits
-
-    def total(self, pred: Array, target: Array) -> Array:
-        xp = _ns(pred)
-        if pred.shape[-1] > 1:
-            guess = xp.argmax(pred, axis=-1)
-            truth = target if target.ndim == 1 else xp.argmax(target, axis=-1)
-            hits = guess == xp.astype(truth, guess.dtype)
-        else:
-            threshold = 0.0 if self.from_logits else 0.5
-            hits = (pred > threshold) == (target > 0.5)
-        return xp.sum(xp.astype(hits, pred.dtype))
+    pred = net.forward(x, training=True)
+    value = loss.value(pred, y)
+    net.backward(loss.grad(pred, y), need_input_grad=False)
+    return value, pred
 
 
-class _Elementwise(Metric):
-    def __init__(self, name: str, fn: Callable[[Any, Array], Array]):
-        self.name, self._fn = name, fn
-
-    def total(self, pred: Array, target: Array) -> Array:
-        xp = _ns(pred)
-        per_row = xp.sum(self._fn(xp, pred - target), axis=-1) / float(pred.shape[-1])
-        return xp.sum(per_row)
+def apply_gradients(net: Sequential, optimizer: O.Optimizer) -> None:
+    """One optimizer update of ``net``'s parameters from the gradients of its last backward."""
+    optimizer.step(net.parameters(), net.gradients())
+    net.optimizer = optimizer  # what save(), to() and callbacks find
 
 
-def _ns(a: Array) -> Any:
-    return namespace_of(a)
+def train_step(net: Sequential, x: Any, y: Any, loss: str | L.Loss,
+               optimizer: O.Optimizer) -> Array:
+    """One forward, backward and optimizer update of ``net`` on the batch ``(x, y)``.
 
-
-def get_metric(spec: str | Metric, loss: L.Loss) -> Metric:
-    """A metric from ``"accuracy"``, ``"mse"``, ``"mae"`` or an instance."""
-    if isinstance(spec, Metric):
-        return spec
-    if spec in ("accuracy", "acc"):
-        return Accuracy(from_logits=isinstance(loss, (L.BCEWithLogits, L.CrossEntropy)))
-    if spec == "mse":
-        return _Elementwise("mse", lambda xp, d: d * d)
-    if spec == "mae":
-        return _Elementwise("mae", lambda xp, d: xp.abs(d))
-    raise ValueError(f"unknown metric {spec!r}; known metrics are accuracy, mse, mae")
+    Returns the loss as a 0-d array on the device: nothing is synced with the
+    host. Inputs are checked before anything changes.
+    """
+    loss = L.get(loss)
+    if not isinstance(optimizer, O.Optimizer):
+        raise TypeError(f"optimizer must be a portanet Optimizer, got {type(optimizer).__name__}")
+    xa = net.as_input(x)
+    ya = net.as_target(y, xa.shape[0], loss)
+    value, _ = loss_and_gradients(net, xa, ya, loss)
+    apply_gradients(net, optimizer)
+    return value
 
 
 # ---------------------------------------------------------------- history ----
@@ -174,222 +166,11 @@ class History:
         return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
 
 
-# -------------------------------------------------------------- callbacks ----
-
-
-class Callback:
-    """Hooks called by :func:`fit`. ``self.net`` and ``self.optimizer`` are set at train begin.
-
-    Set ``self.net.stop_training = True`` to stop after the current epoch.
-    """
-
-    net: Sequential
-    optimizer: O.Optimizer
-
-    def on_train_begin(self, logs: dict[str, float]) -> None: ...
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, float]) -> None: ...
-
-    def on_batch_end(self, step: int, logs: dict[str, Any]) -> None: ...
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
-
-    def on_train_end(self, logs: dict[str, float]) -> None: ...
-
-
-def _better(mode: str, value: float, best: float, min_delta: float) -> bool:
-    return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-def _mode_for(monitor: str, mode: str) -> str:
-    if mode not in ("auto", "min", "max"):
-        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-    if mode != "auto":
-        return mode
-    return "max" if "acc" in monitor else "min"
-
-
-def _monitored(logs: Mapping[str, float], monitor: str, who: str) -> float:
-    if monitor not in logs:
-        raise KeyError(f"{who}: monitored value {monitor!r} is not logged; available: {sorted(logs)}")
-    return logs[monitor]
-
-
-class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
-
-    With ``restore_best_weights`` the network gets back the parameters of its best
-    epoch when training ends.
-    """
-
-    def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
-                 restore_best_weights: bool = False, mode: str = "auto"):
-        self.monitor, self.patience, self.min_delta = monitor, int(patience), abs(float(min_delta))
-        self.restore_best_weights = restore_best_weights
-        self.mode = _mode_for(monitor, mode)
-        self.stopped_epoch: int | None = None
-        self.best_epoch: int | None = None
-
-    def on_train_begin(self, logs: dict[str, float]) -> None:
-        self.best = math.inf if self.mode == "min" else -math.inf
-        self.wait = 0
-        self.best_state: dict[str, Any] | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        value = _monitored(logs, self.monitor, "EarlyStopping")
-        if _better(self.mode, value, self.best, self.min_delta):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            if self.restore_best_weights:
-                self.best_state = self.net.state_dict()
-            return
-        self.wait += 1
-        if self.wait >= self.patience:
-            self.stopped_epoch = epoch
-            self.net.stop_training = True
-
-    def on_train_end(self, logs: dict[str, float]) -> None:
-        if self.restore_best_weights and self.best_state is not None:
-            self.net.load_state_dict(self.best_state)
-
-
-class ModelCheckpoint(Callback):
-    """Save the network (and optimizer) after each epoch to ``path``.
-
-    ``path`` may hold ``{epoch}`` and log keys, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``.
-    With ``save_best_only`` it saves only when ``monitor`` improves.
-    """
-
-    def __init__(self, path: str, monitor: str = "val_loss", save_best_only: bool = False,
-                 mode: str = "auto"):
-        self.path, self.monitor, self.save_best_only = str(path), monitor, save_best_only
-        self.mode = _mode_for(monitor, mode)
-        self.best = math.inf if self.mode == "min" else -math.inf
-        self.saved: list[str] = []
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        if self.save_best_only:
-            value = _monitored(logs, self.monitor, "ModelCheckpoint")
-            if not _better(self.mode, value, self.best, 0.0):
-                return
-            self.best = value
-        from .io import save
-
-        path = self.path.format(epoch=epoch + 1, **logs)
-        save(self.net, path, optimizer=self.optimizer, epoch=epoch + 1)
-        self.saved.append(path)
-
-
-# ---------------------------------------------------------------- schedules --
-
-
-class Schedule:
-    """A learning-rate schedule: ``schedule(t, initial_lr) -> lr``.
-
-    ``per`` is ``"epoch"`` (``t`` counts epochs) or ``"step"`` (``t`` counts
-    optimizer steps, so the schedule resumes exactly from a checkpoint).
-    """
-
-    per = "epoch"
-
-    def __call__(self, t: int, initial_lr: float) -> float:
-        raise NotImplementedError
-
-
-class StepLR(Schedule):
-    """``lr = initial_lr * gamma ** (epoch // step_size)``, as ``torch.optim.lr_scheduler.StepLR``."""
-
-    def __init__(self, step_size: int, gamma: float = 0.1):
-        self.step_size, self.gamma = int(step_size), float(gamma)
-
-    def __call__(self, t: int, initial_lr: float) -> float:
-        return initial_lr * self.gamma ** (t // self.step_size)
-
-
-class ExponentialLR(Schedule):
-    """``lr = initial_lr * gamma ** epoch``."""
-
-    def __init__(self, gamma: float):
-        self.gamma = float(gamma)
-
-    def __call__(self, t: int, initial_lr: float) -> float:
-        return initial_lr * self.gamma**t
-
-
-class CosineAnnealing(Schedule):
-    """Linear warm-up for ``warmup_steps``, then cosine decay to ``eta_min`` at ``total_steps``.
-
-    Counted in optimizer steps: ``lr = eta_min + (initial_lr - eta_min) (1 + cos(pi s)) / 2``
-    with ``s`` the fraction of the decay done.
-    """
-
-    per = "step"
-
-    def __init__(self, total_steps: int, eta_min: float = 0.0, warmup_steps: int = 0):
-        if total_steps <= warmup_steps:
-            raise ValueError("CosineAnnealing: total_steps must exceed warmup_steps")
-        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
-        self.eta_min = float(eta_min)
-
-    def __call__(self, t: int, initial_lr: float) -> float:
-        if t < self.warmup_steps:
-            return initial_lr * (t + 1) / self.warmup_steps
-        s = min(1.0, (t - self.warmup_steps) / (self.total_steps - self.warmup_steps))
-        return self.eta_min + (initial_lr - self.eta_min) * 0.5 * (1.0 + math.cos(math.pi * s))
-
-
-class LearningRateScheduler(Callback):
-    """Set ``optimizer.lr`` from a :class:`Schedule` (or a function ``(epoch, initial_lr) -> lr``)
-    at the start of each epoch, or before each step for step schedules."""
-
-    def __init__(self, schedule: Schedule | Callable[[int, float], float]):
-        self.schedule = schedule
-        self.per = getattr(schedule, "per", "epoch")
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, float]) -> None:
-        if self.per == "epoch":
-            self.optimizer.lr = float(self.schedule(epoch, self.optimizer.initial_lr))
-        else:
-            self._set_step_lr()
-
-    def on_batch_end(self, step: int, logs: dict[str, Any]) -> None:
-        if self.per == "step":
-            self._set_step_lr()
-
-    def _set_step_lr(self) -> None:
-        self.optimizer.lr = float(self.schedule(self.optimizer.step_count, self.optimizer.initial_lr))
-
-
-class ReduceLROnPlateau(Callback):
-    """Multiply ``optimizer.lr`` by ``factor`` when ``monitor`` stalls for ``patience`` epochs."""
-
-    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
-                 min_delta: float = 1e-4, min_lr: float = 0.0, mode: str = "auto"):
-        if not 0.0 < factor < 1.0:
-            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
-        self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
-        self.min_delta, self.min_lr = float(min_delta), float(min_lr)
-        self.mode = _mode_for(monitor, mode)
-
-    def on_train_begin(self, logs: dict[str, float]) -> None:
-        self.best = math.inf if self.mode == "min" else -math.inf
-        self.wait = 0
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        value = _monitored(logs, self.monitor, "ReduceLROnPlateau")
-        if _better(self.mode, value, self.best, self.min_delta):
-            self.best, self.wait = value, 0
-            return
-        self.wait += 1
-        if self.wait >= self.patience:
-            self.optimizer.lr = max(self.optimizer.lr * self.factor, self.min_lr)
-            self.wait = 0
-
-
-# ------------------------------------------------------- the fit machinery --
+# ------------------------------------------------- divergence and Ctrl-C ----
 
 
 class _Snapshot:
-    """Copies of parameters and optimizer state, to roll back a diverged step.
+    """Copies of parameters, buffers and optimizer state, to roll back a diverged step.
 
     Writeable arrays are copied into buffers allocated once; immutable (JAX)
     arrays are simply kept, since nothing can change them.
@@ -398,36 +179,40 @@ class _Snapshot:
     def __init__(self, net: Sequential, optimizer: O.Optimizer):
         self.net, self.optimizer = net, optimizer
         self.params: dict[str, Array] = {}
+        self.buffers: dict[str, Array] = {}
         self.state: dict[str, dict[str, Array]] = {}
         self.step_count = optimizer.step_count
 
     @staticmethod
-    def _keep(buffers: dict[str, Array], name: str, a: Array) -> None:
-        buf = buffers.get(name)
+    def _keep(kept: dict[str, Array], name: str, a: Array) -> None:
+        buf = kept.get(name)
         if is_writeable_array(a):
             if buf is None or buf.shape != a.shape:
-                buffers[name] = a + 0.0  # fresh copy
+                kept[name] = a + 0.0  # fresh copy
             else:
                 buf[...] = a
         else:
-            buffers[name] = a
+            kept[name] = a
 
     def take(self) -> None:
         for name, p in self.net.parameters().items():
             self._keep(self.params, name, p)
+        for name, b in self.net.buffers().items():
+            self._keep(self.buffers, name, b)
         for slot, arrays in self.optimizer.state.items():
-            bufs = self.state.setdefault(slot, {})
-            for name in list(bufs):
+            kept = self.state.setdefault(slot, {})
+            for name in list(kept):
                 if name not in arrays:
-                    del bufs[name]
+                    del kept[name]
             for name, a in arrays.items():
-                self._keep(bufs, name, a)
+                self._keep(kept, name, a)
         self.step_count = self.optimizer.step_count
 
     def restore(self) -> None:
-        params = self.net.parameters()
-        for name, a in self.params.items():
-            params[name] = a + 0.0
+        for view, kept in ((self.net.parameters(), self.params),
+                           (self.net.buffers(), self.buffers)):
+            for name, a in kept.items():
+                view[name] = a + 0.0
         self.optimizer.state = {
             slot: {name: a + 0.0 for name, a in self.state.get(slot, {}).items()}
             for slot in self.optimizer.state
@@ -436,7 +221,8 @@ class _Snapshot:
 
 
 class _DivergenceGuard:
-    """Flags a loss that is not finite or has grown ``factor`` times past its start."""
+    """Flags a loss that is not finite or has grown ``factor`` times past its start
+    (the start floored at 1, so a loss that begins near 0 may still grow to ``factor``)."""
 
     def __init__(self, factor: float):
         self.factor = float(factor)
@@ -480,33 +266,30 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _split_validation(net: Sequential, x: Array, y: Array, split: float):
-    if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0.0 <= split < 1.0:
-        raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
-    n = x.shape[0]
-    n_val = int(n * split)
-    if split and (n_val == 0 or n_val == n):
-        raise ValueError(f"validation_split={split} leaves an empty set for {n} samples")
-    if not n_val:
-        return x, y, None
-    cut = n - n_val  # the last rows, before any shuffling, as Keras does
-    return x[:cut, ...], y[:cut, ...], (x[cut:, ...], y[cut:, ...])
+# ------------------------------------------------------------------ fit ----
 
 
-def _batch_bounds(n: int, batch_size: int | None) -> list[tuple[int, int]]:
-    if batch_size is None:
-        return [(0, n)]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+@dataclass
+class _FitPlan:
+    """The checked arguments of one ``fit`` call, with the data already on the device."""
 
-
-def _progress(verbose: int, epoch: int, epochs: int, total: int):
-    if verbose != 1:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True)
+    net: Sequential
+    loss: L.Loss
+    optimizer: O.Optimizer
+    metrics: list[M.Metric]
+    callbacks: list[Callback]
+    x: Array
+    y: Array
+    validation: tuple[Array, Array] | None
+    bounds: list[tuple[int, int]]
+    batch_size: int | None
+    epochs: int
+    initial_epoch: int
+    shuffle: bool
+    verbose: int
+    check_finite: int
+    guard: _DivergenceGuard
+    snapshot: _Snapshot | None
 
 
 def fit(
@@ -521,28 +304,103 @@ def fit(
     shuffle: bool = True,
     validation_data: tuple[Any, Any] | None = None,
     validation_split: float = 0.0,
-    metrics: Sequence[str | Metric] = (),
+    metrics: Sequence[str | M.Metric] = (),
     callbacks: Iterable[Callback] = (),
     verbose: int = 1,
     initial_epoch: int = 0,
     check_finite: int = 1,
     divergence_factor: float = 1e4,
 ) -> History:
-    """Train ``net`` on ``(x, y)``; see :meth:`portanet.Sequential.fit` for the parameters.
+    """Train ``net`` on ``(x, y)`` with mini-batches; returns a :class:`History`.
 
-    ``check_finite`` checks the loss every that many steps (0 turns it off);
-    each check brings one scalar to the host. The loss has diverged when it is
-    NaN or infinite, or when it exceeds ``divergence_factor`` times both its
-    first value in this call and 1 (an exploding loss that has not yet
-    overflowed). Then the parameters and optimizer state go back to those of
-    the last checked step with a sound loss, and
-    :class:`TrainingDivergedError` is raised.
+    Parameters
+    ----------
+    net : Sequential
+        The network; :meth:`Sequential.fit` calls this with ``net=self``.
+    x, y : arrays
+        Inputs ``(n, ...)`` and targets, of any backend or on the host.
+    loss : str or Loss
+        ``"mse"``, ``"cross_entropy"``, ... or a :class:`~portanet.losses.Loss`.
+    optimizer : str or Optimizer
+        An optimizer, or its name (with its default hyperparameters).
+    epochs : int
+        The epoch to stop after (counting ``initial_epoch`` ones as done).
+    batch_size : int or None
+        Rows per step; None takes the whole set as one batch.
+    shuffle : bool
+        Draw a new order of the rows each epoch from ``net.rng``.
+    validation_data : (x_val, y_val), optional
+        Evaluated after each epoch, logged as ``val_loss`` and ``val_<metric>``.
+    validation_split : float
+        Instead of ``validation_data``, hold out this fraction of the *last* rows
+        (before shuffling, as Keras does).
+    metrics : sequence of str or Metric
+        ``"accuracy"``, ``"mse"``, ``"mae"`` or :class:`~portanet.metrics.Metric` objects.
+    callbacks : iterable of Callback
+        :mod:`portanet.callbacks`: early stopping, checkpoints, schedules, your own.
+    verbose : {0, 1, 2}
+        0 is silent, 1 a tqdm bar per epoch, 2 a line per epoch.
+    initial_epoch : int
+        The epoch to start from (``net.epoch`` after :func:`portanet.load` resumes).
+    check_finite : int
+        Check the loss every that many steps (0: never). Each check brings one
+        scalar to the host. The loss has diverged when it is NaN or infinite,
+        or exceeds ``divergence_factor`` times both its first value in this call
+        and 1; then parameters, buffers and optimizer state go back to those of
+        the last checked step with a sound loss, and
+        :class:`TrainingDivergedError` is raised.
+    divergence_factor : float
+        See ``check_finite``.
+
+    Returns
+    -------
+    History
+        One value per epoch of ``loss``, each metric, and their ``val_`` twins;
+        ``history.interrupted`` is true when Ctrl-C stopped training at a step boundary.
     """
+    plan = _plan_fit(net, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
+                     validation_split, metrics, callbacks, verbose, initial_epoch,
+                     check_finite, divergence_factor)
+    history = History()
+    net.stop_training = False
+    net.optimizer = plan.optimizer
+    for cb in plan.callbacks:
+        cb.net, cb.optimizer = net, plan.optimizer
+    for cb in plan.callbacks:
+        cb.on_train_begin({})
+    if plan.snapshot is not None:
+        plan.snapshot.take()
+    with _Interrupts() as interrupts:
+        for epoch in range(plan.initial_epoch, plan.epochs):
+            for cb in plan.callbacks:
+                cb.on_epoch_begin(epoch, {})
+            sums, bar = _run_epoch(plan, epoch, interrupts)
+            if interrupts.requested and sums.steps < len(plan.bounds):
+                bar.close()
+                history.interrupted = True  # stopped mid-epoch: the epoch is not logged
+                break
+            _end_epoch(plan, epoch, sums, bar, history)
+            if interrupts.requested:  # pressed during the epoch's last step, or after it
+                history.interrupted = True
+                break
+            if net.stop_training:
+                break
+    for cb in plan.callbacks:
+        cb.on_train_end({})
+    return history
+
+
+def _plan_fit(net: Sequential, x: Any, y: Any, loss: Any, optimizer: Any, epochs: Any,
+              batch_size: Any, shuffle: bool, validation_data: Any, validation_split: Any,
+              metrics: Any, callbacks: Any, verbose: Any, initial_epoch: Any,
+              check_finite: Any, divergence_factor: float) -> _FitPlan:
+    """Check every argument of ``fit`` and move the data to the device, before anything
+    changes (a bad argument leaves the network, optimizer and RNG as they were)."""
     loss = L.get(loss)
     optimizer = O.get(optimizer)
-    if isinstance(metrics, (str, Metric)):
+    if isinstance(metrics, (str, M.Metric)):
         metrics = [metrics]
-    metric_fns = [get_metric(m, loss) for m in metrics]
+    metric_fns = [M.get(m, loss) for m in metrics]
     callbacks = list(callbacks)
     for cb in callbacks:
         if not isinstance(cb, Callback):
@@ -555,108 +413,148 @@ def fit(
         raise ValueError(f"initial_epoch ({initial_epoch}) must not exceed epochs ({epochs})")
     if verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    xa, ya, val = _training_and_validation(net, x, y, loss, validation_data, validation_split)
+    return _FitPlan(
+        net=net, loss=loss, optimizer=optimizer, metrics=metric_fns, callbacks=callbacks,
+        x=xa, y=ya, validation=val, bounds=_batch_bounds(xa.shape[0], batch_size),
+        batch_size=batch_size, epochs=epochs, initial_epoch=initial_epoch, shuffle=shuffle,
+        verbose=verbose, check_finite=check_finite, guard=_DivergenceGuard(divergence_factor),
+        snapshot=_Snapshot(net, optimizer) if check_finite else None,
+    )
+
+
+def _training_and_validation(net: Sequential, x: Any, y: Any, loss: L.Loss,
+                             validation_data: Any, split: Any):
+    """The training arrays on the device, and the validation pair (or None)."""
     if validation_data is not None and (
         not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
     ):
         raise ValueError("validation_data must be a pair (x_val, y_val)")
-
-    # Check and move everything before training starts: a bad input changes nothing.
+    if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0.0 <= split < 1.0:
+        raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
+    if split and validation_data is not None:
+        raise ValueError("give validation_data or validation_split, not both")
     xa = net.as_input(x)
     ya = net.as_target(y, xa.shape[0], loss)
-    xa, ya, val = _split_validation(net, xa, ya, validation_split)
-    if validation_data is not None:
-        if val is not None:
-            raise ValueError("give validation_data or validation_split, not both")
-        vx, vy = validation_data
-        vxa = net.as_input(vx, what="validation x")
-        val = (vxa, net.as_target(vy, vxa.shape[0], loss))
     n = xa.shape[0]
-    bounds = _batch_bounds(n, batch_size)
+    n_val = int(n * split)
+    if split and (n_val == 0 or n_val == n):
+        raise ValueError(f"validation_split={split} leaves an empty set for {n} samples")
+    if n_val:
+        cut = n - n_val  # the last rows, before any shuffling, as Keras does
+        return xa[:cut, ...], ya[:cut, ...], (xa[cut:, ...], ya[cut:, ...])
+    if validation_data is None:
+        return xa, ya, None
+    vx, vy = validation_data
+    vxa = net.as_input(vx, what="validation x")
+    return xa, ya, (vxa, net.as_target(vy, vxa.shape[0], loss))
 
-    history = History()
-    net.stop_training = False
-    net.optimizer = optimizer
-    for cb in callbacks:
-        cb.net, cb.optimizer = net, optimizer
-        cb.on_train_begin({})
-    guard = _DivergenceGuard(divergence_factor)
-    snapshot = _Snapshot(net, optimizer) if check_finite else None
-    if snapshot is not None:
-        snapshot.take()
-    xp = net.xp
 
-    with _Interrupts() as interrupts:
-        for epoch in range(initial_epoch, epochs):
-            for cb in callbacks:
-                cb.on_epoch_begin(epoch, {})
-            order = from_host(net.rng.permutation(n), xp, net.device, xp.int64) if shuffle else None
-            sums = _EpochSums(xp, metric_fns)
-            bar = _progress(verbose, epoch, epochs, len(bounds))
-            last_refresh = time.monotonic()
-            for step, (lo, hi) in enumerate(bounds):
-                if interrupts.requested:
-                    break
-                if order is None:
-                    bx, by = xa[lo:hi, ...], ya[lo:hi, ...]
-                else:
-                    idx = order[lo:hi]
-                    bx, by = xp.take(xa, idx, axis=0), xp.take(ya, idx, axis=0)
-                value, pred = net._loss_and_gradients(bx, by, loss)
-                if check_finite and (step + 1) % check_finite == 0:
-                    current = float(value)
-                    if guard.diverged(current):
-                        snapshot.restore()
-                        if bar is not None:
-                            bar.close()
-                        raise TrainingDivergedError(epoch, step, optimizer.lr, current)
-                    snapshot.take()
-                net._apply_gradients(optimizer)
-                sums.add(value, pred, by, hi - lo)
-                for cb in callbacks:
-                    cb.on_batch_end(step, {"epoch": epoch})
-                if bar is not None:
-                    bar.update(1)
-                    if time.monotonic() - last_refresh > 0.5:  # sync a few times a second at most
-                        bar.set_postfix(loss=f"{sums.running_loss():.4g}", refresh=False)
-                        last_refresh = time.monotonic()
-            completed = sums.steps == len(bounds)
-            if interrupts.requested and not completed:
-                if bar is not None:
-                    bar.close()
-                history.interrupted = True
-                break
-            logs = sums.result(metric_fns)
-            if check_finite and guard.diverged(logs["loss"]):
-                snapshot.restore()
-                raise TrainingDivergedError(epoch, len(bounds) - 1, optimizer.lr, logs["loss"])
-            if val is not None:
-                val_logs = evaluate(net, val[0], val[1], loss=loss, metrics=metric_fns,
-                                    batch_size=batch_size)
-                logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            net.epoch = epoch + 1
-            history.append(epoch, logs)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
-                bar.close()
-            elif verbose == 2:
-                line = "  ".join(f"{k}={v:.4g}" for k, v in logs.items())
-                print(f"epoch {epoch + 1}/{epochs}  {line}", flush=True)
-            for cb in callbacks:
-                cb.on_epoch_end(epoch, logs)
-            if interrupts.requested:  # pressed during the epoch's last step, or after it
-                history.interrupted = True
-                break
-            if net.stop_training:
-                break
-    for cb in callbacks:
-        cb.on_train_end({})
-    return history
+def _batch_bounds(n: int, batch_size: int | None) -> list[tuple[int, int]]:
+    if batch_size is None:
+        return [(0, n)]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def _run_epoch(plan: _FitPlan, epoch: int,
+               interrupts: _Interrupts) -> tuple[_EpochSums, _ProgressBar]:
+    """The training steps of one epoch, until its end or a Ctrl-C; returns the epoch's
+    sums and its progress bar (still open)."""
+    net, xp = plan.net, plan.net.xp
+    n = plan.x.shape[0]
+    order = (to_array(net.rng.permutation(n), xp, net.device, xp.int64)
+             if plan.shuffle else None)
+    sums = _EpochSums(plan.metrics)
+    bar = _ProgressBar(plan.verbose, epoch, plan.epochs, len(plan.bounds))
+    for step, (lo, hi) in enumerate(plan.bounds):
+        if interrupts.requested:
+            break
+        if order is None:
+            bx, by = plan.x[lo:hi, ...], plan.y[lo:hi, ...]
+        else:
+            idx = order[lo:hi]
+            bx, by = xp.take(plan.x, idx, axis=0), xp.take(plan.y, idx, axis=0)
+        value, pred = loss_and_gradients(net, bx, by, plan.loss)
+        if plan.check_finite and (step + 1) % plan.check_finite == 0:
+            _check_divergence(plan, epoch, step, float(value), bar)
+        apply_gradients(net, plan.optimizer)
+        sums.add(value, pred, by, hi - lo)
+        for cb in plan.callbacks:
+            cb.on_batch_end(step, {"epoch": epoch})
+        bar.step(sums)
+    return sums, bar
+
+
+def _check_divergence(plan: _FitPlan, epoch: int, step: int, value: float,
+                      bar: _ProgressBar) -> None:
+    """Roll back and raise if ``value`` diverged; otherwise remember this step as sound."""
+    if plan.guard.diverged(value):
+        plan.snapshot.restore()
+        bar.close()
+        raise TrainingDivergedError(epoch, step, plan.optimizer.lr, value)
+    plan.snapshot.take()
+
+
+def _end_epoch(plan: _FitPlan, epoch: int, sums: _EpochSums, bar: _ProgressBar,
+               history: History) -> None:
+    """Log the epoch: its losses and metrics, validation, the history, the bar, callbacks."""
+    net = plan.net
+    logs = sums.result(plan.metrics)
+    if plan.check_finite and plan.guard.diverged(logs["loss"]):
+        plan.snapshot.restore()
+        bar.close()
+        raise TrainingDivergedError(epoch, len(plan.bounds) - 1, plan.optimizer.lr, logs["loss"])
+    if plan.validation is not None:
+        val_logs = evaluate(net, *plan.validation, loss=plan.loss, metrics=plan.metrics,
+                            batch_size=plan.batch_size)
+        logs.update({f"val_{k}": v for k, v in val_logs.items()})
+    net.epoch = epoch + 1
+    history.append(epoch, logs)
+    bar.finish(logs)
+    if plan.verbose == 2:
+        line = "  ".join(f"{k}={v:.4g}" for k, v in logs.items())
+        print(f"epoch {epoch + 1}/{plan.epochs}  {line}", flush=True)
+    for cb in plan.callbacks:
+        cb.on_epoch_end(epoch, logs)
+
+
+class _ProgressBar:
+    """The tqdm bar of one epoch (``verbose=1``); does nothing otherwise."""
+
+    def __init__(self, verbose: int, epoch: int, epochs: int, total: int):
+        self._bar = None
+        if verbose == 1:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                             leave=True)
+        self._last_refresh = time.monotonic()
+
+    def step(self, sums: _EpochSums) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(1)
+        if time.monotonic() - self._last_refresh > 0.5:  # sync a few times a second at most
+            self._bar.set_postfix(loss=f"{sums.running_loss():.4g}", refresh=False)
+            self._last_refresh = time.monotonic()
+
+    def finish(self, logs: Mapping[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
+        self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 class _EpochSums:
     """Sums of loss and metric totals, kept on the device until the epoch ends."""
 
-    def __init__(self, xp: Any, metrics: Sequence[Metric]):
+    def __init__(self, metrics: Sequence[M.Metric]):
         self.loss: Array | None = None
         self.metrics: list[Array | None] = [None] * len(metrics)
         self.count = 0
@@ -673,9 +571,9 @@ class _EpochSums:
         self.steps += 1
 
     def running_loss(self) -> float:
-        return float(self.loss) / self.count if self.count else math.nan
+        return float(to_numpy(self.loss)) / self.count if self.count else math.nan
 
-    def result(self, metrics: Sequence[Metric]) -> dict[str, float]:
+    def result(self, metrics: Sequence[M.Metric]) -> dict[str, float]:
         if not self.count:
             return {"loss": math.nan}
         out = {"loss": float(to_numpy(self.loss)) / self.count}
@@ -684,23 +582,27 @@ class _EpochSums:
         return out
 
 
+# ------------------------------------------------------------- evaluate ----
+
+
 def evaluate(
     net: Sequential,
     x: Any,
     y: Any,
     *,
     loss: str | L.Loss,
-    metrics: Sequence[str | Metric] = (),
+    metrics: Sequence[str | M.Metric] = (),
     batch_size: int | None = 256,
 ) -> dict[str, float]:
-    """Loss and metrics of ``net`` on ``(x, y)`` in evaluation mode (no dropout)."""
+    """Loss and metrics of ``net`` on ``(x, y)`` in evaluation mode (no dropout, running
+    statistics), as a dict of floats; computed ``batch_size`` rows at a time."""
     loss = L.get(loss)
-    metric_fns = [get_metric(m, loss) for m in metrics]
+    metric_fns = [M.get(m, loss) for m in metrics]
     xa = net.as_input(x)
     ya = net.as_target(y, xa.shape[0], loss)
-    sums = _EpochSums(net.xp, metric_fns)
+    sums = _EpochSums(metric_fns)
     for lo, hi in _batch_bounds(xa.shape[0], batch_size):
         bx, by = xa[lo:hi, ...], ya[lo:hi, ...]
-        pred = net._forward_checked(bx, False)
+        pred = net.forward(bx, training=False)
         sums.add(loss.value(pred, by), pred, by, hi - lo)
     return sums.result(metric_fns)

@@ -13,6 +13,8 @@ import os
 import pytest
 from hypothesis import settings
 
+from portanet.backend import has_float64
+
 # The same examples on every run: CI must not pass or fail by the luck of a draw.
 settings.register_profile("portanet", derandomize=True, deadline=None)
 settings.load_profile("portanet")
@@ -59,13 +61,6 @@ def _load(device_name: str | None):
 def xp(request):
     """``(xp, device)`` of the session's backend."""
     return _load(request.param)
-
-
-def has_float64(xp, device) -> bool:
-    try:
-        return "float64" in xp.__array_namespace_info__().dtypes(device=device)
-    except Exception:
-        return True
 
 
 @pytest.fixture(params=["float32", "float64"])

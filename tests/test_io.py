@@ -232,7 +232,7 @@ def test_crash_at_rename_keeps_old_file(checkpoint, monkeypatch):
 
 
 def test_crash_mid_write_keeps_old_file_and_leaves_none_new(checkpoint, monkeypatch):
-    import portanet.io as pio
+    import portanet._safe_npz as pio
 
     path, net = checkpoint
     before = path.read_bytes()
@@ -439,7 +439,7 @@ def test_flipped_bytes_are_detected_or_harmless(checkpoint, tmp_path):
 
 
 def test_float64_checkpoint_on_a_float32_only_device(xp, tmp_path):
-    from conftest import has_float64
+    from portanet.backend import has_float64
 
     ns, device = xp
     if has_float64(ns, device):

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _util import assert_on, host, put
+from array_api_compat import is_writeable_array
 
 import portanet as pn
+from portanet import _fast_optim as fast
+from portanet.backend import is_host_array
 from portanet.testing import assert_close
 
 CONFIGS = {
@@ -143,15 +146,15 @@ def test_packed_blockwise_and_whole_array_updates_agree_bitwise(xp, dtype, name,
     dev = lambda a: put(xs, device, a, dtype)  # noqa: E731
     packed_opt = CONFIGS[name]()
     packed = _run(packed_opt, params, grads, dev)
-    host_writeable = pn.optim.is_writeable_array(dev(params["0.weight"])) and \
-        pn.optim.is_host_array(dev(params["0.weight"]))
+    host_writeable = is_writeable_array(dev(params["0.weight"])) and \
+        is_host_array(dev(params["0.weight"]))
     assert (packed_opt._packed is not None) == host_writeable
-    monkeypatch.setattr(pn.optim, "PACK_ELEMENTS", 0)
+    monkeypatch.setattr(fast, "PACK_ELEMENTS", 0)
     whole_opt = CONFIGS[name]()
     whole = _run(whole_opt, params, grads, dev)
     assert whole_opt._packed is None
-    monkeypatch.setattr(pn.optim, "BLOCK_ELEMENTS", 2)
-    assert pn.optim._blockwise(dev(params["0.weight"])) == host_writeable
+    monkeypatch.setattr(fast, "BLOCK_ELEMENTS", 2)
+    assert fast.blockwise(dev(params["0.weight"])) == host_writeable
     blocked = _run(CONFIGS[name](), params, grads, dev)
     for k in params:
         np.testing.assert_array_equal(host(packed[k]), host(whole[k]), err_msg=f"{name} {k}")
@@ -172,7 +175,7 @@ def test_packed_parameters_are_views_and_repack_after_replacement():
 
 
 def test_row_blocks_cover_every_row_once():
-    blocks = pn.optim._row_blocks((10, 3))  # BLOCK_ELEMENTS // 3 rows per block
+    blocks = fast.row_blocks((10, 3))  # BLOCK_ELEMENTS // 3 rows per block
     covered = [i for s in blocks for i in range(10)[s]]
     assert covered == list(range(10))
-    assert pn.optim._row_blocks((7,))[0] == slice(0, 7)
+    assert fast.row_blocks((7,))[0] == slice(0, 7)
