@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -412,10 +413,7 @@ def has_float64(xp: ModuleType, device: Any = None) -> bool:
 def size(x: Any) -> int:
     """The number of elements of ``x`` as a Python int (``x.size`` is a method on torch
     and may be None in the standard)."""
-    n = 1
-    for s in x.shape:
-        n *= int(s)
-    return n
+    return math.prod(x.shape)
 
 
 def _is_numeric(xp: ModuleType, dtype: Any) -> bool:

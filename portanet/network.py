@@ -264,9 +264,10 @@ class Sequential:
                 f"y has {a.shape[0] if a.ndim else 'no'} rows but x has {n}: "
                 "each sample needs one target"
             )
-        loss.check_target((n, *self.output_shape), a)
+        out = self.output_shape
+        loss.check_target((n, *out), a)
         span = host_label_range(y) if labels else None  # device labels: not read (no sync)
-        classes = self.output_shape[-1]
+        classes = out[-1]
         if span is not None and (span[0] < 0 or span[1] >= classes):
             raise ValueError(
                 f"y: class labels must be in [0, {classes}) for a network with "
@@ -278,7 +279,11 @@ class Sequential:
     def forward(self, x: Any, training: bool = False) -> Array:
         """Run the layers; ``training=True`` is the one switch to training behaviour
         (dropout on, batch statistics) and keeps what :meth:`backward` needs."""
-        a = self.as_input(x)
+        return self.forward_checked(self.as_input(x), training)
+
+    def forward_checked(self, a: Array, training: bool = False) -> Array:
+        """:meth:`forward` without its input checks, for an array that :meth:`as_input`
+        has returned (training code checks a data set once, then runs its batches)."""
         for layer in self.layers:
             a = layer.forward(a, training)
         return a
@@ -290,10 +295,10 @@ class Sequential:
         a = self.as_input(x)
         n = a.shape[0]
         if batch_size is None or batch_size >= n:
-            return self.forward(a, training=False)
+            return self.forward_checked(a, training=False)
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        parts = [self.forward(a[i : min(i + batch_size, n), ...], training=False)
+        parts = [self.forward_checked(a[i : min(i + batch_size, n), ...], training=False)
                  for i in range(0, n, batch_size)]
         return self.xp.concat(parts, axis=0)
 

@@ -87,7 +87,7 @@ def loss_and_gradients(net: Sequential, x: Array, y: Array, loss: L.Loss) -> tup
     Returns the loss (a 0-d device array) and the prediction; fills the layers'
     gradients. The first layer's input gradient is not computed: nobody needs it.
     """
-    pred = net.forward(x, training=True)
+    pred = net.forward_checked(x, training=True)
     value = loss.value(pred, y)
     net.backward(loss.grad(pred, y), need_input_grad=False)
     return value, pred
@@ -603,6 +603,6 @@ def evaluate(
     sums = _EpochSums(metric_fns)
     for lo, hi in _batch_bounds(xa.shape[0], batch_size):
         bx, by = xa[lo:hi, ...], ya[lo:hi, ...]
-        pred = net.forward(bx, training=False)
+        pred = net.forward_checked(bx, training=False)
         sums.add(loss.value(pred, by), pred, by, hi - lo)
     return sums.result(metric_fns)
