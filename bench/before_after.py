@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,10 +41,10 @@ sys.path.insert(0, str(HERE))
 from train_step import machine_info  # noqa: E402
 
 
-def run_side(tree: Path, args: argparse.Namespace, out: Path) -> dict[str, float]:
+def run_side(tree: Path, args: argparse.Namespace, out: Path, bench: Path) -> dict[str, float]:
     """One round of ``train_step.py`` with ``tree``'s portanet: config -> median ms per step."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, str(HERE / "train_step.py"), "--frameworks", args.frameworks,
+    command = [sys.executable, str(bench / "train_step.py"), "--frameworks", args.frameworks,
                "--configs", args.configs, "--dtypes", args.dtype, "--rounds", "1",
                "--out", str(out)]
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, cwd=out.parent)
@@ -51,10 +52,10 @@ def run_side(tree: Path, args: argparse.Namespace, out: Path) -> dict[str, float
     return {f"{r['framework']} {r['config']}": r["median_ms"] for r in rows}
 
 
-def instructions(tree: Path, configs: str) -> dict[str, float]:
+def instructions(tree: Path, configs: str, bench: Path) -> dict[str, float]:
     """Instructions per step of ``tree``'s portanet (bench/instructions.py)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, str(HERE / "instructions.py"), "--configs", configs,
+    out = subprocess.run([sys.executable, str(bench / "instructions.py"), "--configs", configs,
                           "--json"], env=env, capture_output=True, text=True, check=True,
                          cwd=tree.parent)
     return json.loads(out.stdout)["instructions_per_step"]
@@ -95,7 +96,7 @@ def instruction_lines(record: dict[str, Any]) -> list[str]:
 
 
 def markdown(record: dict[str, Any]) -> str:
-    lines = [f"# Before / after: {record['base']} -> working tree of {record['head']}", "",
+    lines = [f"# Before / after: {record['base']} -> {record['head']}", "",
              f"{record['date']}, {record['machine']['tag']}; {record['rounds']} alternating rounds "
              f"of `bench/train_step.py --frameworks {record['frameworks']} --dtypes "
              f"{record['dtype']}`; command `{record['command']}`", "",
@@ -110,6 +111,8 @@ def markdown(record: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", required=True, help="the git revision to compare against")
+    p.add_argument("--head", help="the revision to compare (default: this working tree; give "
+                   "one to keep working in the tree while the rounds run)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--configs", default="all")
     p.add_argument("--frameworks", default="portanet-numpy")
@@ -121,29 +124,35 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info("cpu", {})
     out = args.out or REPO / "bench" / "results" / machine["tag"] / "before_after"
     out.mkdir(parents=True, exist_ok=True)
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    head = args.head or "the working tree of " + subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
-        base_tree = Path(tmp) / "base"
         (Path(tmp) / "runs").mkdir()
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_tree),
-                        args.base], check=True, capture_output=True)
+        bench = Path(tmp) / "bench"  # this checkout's scripts, as they are now, for both sides
+        shutil.copytree(HERE, bench, ignore=shutil.ignore_patterns("results", "__pycache__"))
+        trees = {"before": Path(tmp) / "before", "after": Path(tmp) / "after" if args.head else REPO}
+        for side, rev in (("before", args.base), ("after", args.head)):
+            if rev:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach",
+                                str(trees[side]), rev], check=True, capture_output=True)
         try:
-            trees = {"before": base_tree, "after": REPO}
             for side, tree in trees.items():  # each side must import its own portanet
                 assert imported_from(tree).startswith(str(tree)), (side, imported_from(tree))
             rounds = []
             for i in range(args.rounds):
                 order = ["before", "after"] if i % 2 == 0 else ["after", "before"]
-                result = {side: run_side(trees[side], args, Path(tmp) / "runs" / f"{side}-{i}")
-                          for side in order}
+                result = {side: run_side(trees[side], args, Path(tmp) / "runs" / f"{side}-{i}",
+                                         bench) for side in order}
                 rounds.append(result)
                 print(f"round {i + 1}/{args.rounds}: {result}", file=sys.stderr, flush=True)
-            counts = ({side: instructions(tree, args.instructions) for side, tree in trees.items()}
-                      if args.instructions else None)
+            counts = ({side: instructions(tree, args.instructions, bench)
+                       for side, tree in trees.items()} if args.instructions else None)
         finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
-                            str(base_tree)], check=False, capture_output=True)
+            for tree in trees.values():
+                if tree != REPO:
+                    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                                    str(tree)], check=False, capture_output=True)
     import datetime as dt
 
     record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

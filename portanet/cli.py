@@ -88,10 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a classifier on a dataset")
     train.add_argument("--dataset", default="digits", choices=["digits", "mnist", "xor", "spirals"])
-    train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64],
-                       help="hidden layer sizes, e.g. 128,64")
+    train.add_argument("--model", default="mlp", choices=["mlp", "cnn"],
+                       help="mlp: Dense layers; cnn: two convolution blocks (conv, batch norm, "
+                            "relu, max pool) before them, for digits and mnist")
+    train.add_argument("--hidden", type=_hidden_sizes, default=None,
+                       help="hidden Dense layer sizes (default: 128,64 for mlp, 128 for cnn)")
     train.add_argument("--activation", default="relu", choices=activations.names())
-    train.add_argument("--dropout", type=_probability, default=0.2)
+    train.add_argument("--dropout", type=_probability, default=None,
+                       help="dropout after each hidden layer (default: 0.2 for mlp, 0.3 for cnn)")
     train.add_argument("--optimizer", default="adamw", choices=optim.OPTIMIZERS.names())
     train.add_argument("--lr", type=_positive(float), default=3e-3)
     train.add_argument("--weight-decay", type=_non_negative, default=5e-2,
@@ -99,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--label-smoothing", type=_probability, default=0.1)
     train.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
                        help="cosine: 50 warm-up steps, then cosine decay to 0")
-    train.add_argument("--epochs", type=_positive(int), default=40)
+    train.add_argument("--epochs", type=_positive(int), default=None,
+                       help="default: 40 for mlp, 30 for cnn")
     train.add_argument("--batch-size", type=_positive(int), default=64)
     _add_backend_options(train)
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -122,12 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------- data ----
 
 
-def load_dataset(name: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_train, y_train, x_test, y_test)`` with integer labels, standardized inputs."""
+IMAGE_DATASETS = ("digits", "mnist")
+
+
+def load_dataset(name: str, seed: int, images: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_test, y_test)`` with integer labels, standardized inputs
+    (``images``: digits as ``(n, 1, 8, 8)``, MNIST as ``(n, 1, 28, 28)``)."""
     from . import datasets
 
+    if images and name not in IMAGE_DATASETS:
+        raise UsageError(f"portanet: --model cnn needs images; dataset {name!r} has none "
+                         f"(use {' or '.join(IMAGE_DATASETS)})")
     if name == "mnist":
-        (x_tr, y_tr), (x_te, y_te) = datasets.mnist()
+        (x_tr, y_tr), (x_te, y_te) = datasets.mnist(images=images)
         return x_tr, y_tr, x_te, y_te
     if name == "digits":
         x, y = datasets.digits()
@@ -139,7 +152,38 @@ def load_dataset(name: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     x_tr, x_te, y_tr, y_te = datasets.train_test_split(x, y, test_size=0.2, seed=seed,
                                                        stratify=True)
     x_tr, x_te = datasets.standardize(x_tr, x_te)
+    if images:  # standardized pixel by pixel, then back into 8 x 8 images
+        x_tr, x_te = x_tr.reshape(-1, 1, 8, 8), x_te.reshape(-1, 1, 8, 8)
     return x_tr, y_tr, x_te, y_te
+
+
+def build_layers(model: str, input_shape: tuple[int, ...], classes: int,
+                 args: argparse.Namespace) -> list[Any]:
+    """The layers of ``--model``: ``mlp`` is ``--hidden`` Dense layers (each followed by
+    ``--dropout``); ``cnn`` puts two convolution blocks in front of that head. A block is
+    ``Conv2D(3x3, padding 1, no bias) -> BatchNorm -> ReLU -> MaxPool2D(2)``, with 32 and
+    then 64 channels: digits' 8 x 8 images become 64 x 2 x 2, MNIST's 64 x 7 x 7."""
+    from .layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+
+    layers: list[Any] = []
+    width = input_shape[0]
+    if model == "cnn":
+        channels, (height, breadth) = input_shape[0], input_shape[1:]
+        for out in (32, 64):
+            layers += [Conv2D(channels, out, 3, padding=1, bias=False), BatchNorm(out), ReLU(),
+                       MaxPool2D(2)]
+            channels, height, breadth = out, height // 2, breadth // 2
+        layers.append(Flatten())
+        width = channels * height * breadth
+        if args.dropout:
+            layers.append(Dropout(args.dropout))
+    for size in args.hidden:
+        layers.append(Dense(width, size, activation=args.activation, init="he_normal"))
+        if args.dropout:
+            layers.append(Dropout(args.dropout))
+        width = size
+    layers.append(Dense(width, classes))
+    return layers
 
 
 # ------------------------------------------------------------- commands ----
@@ -167,26 +211,26 @@ def _check_outputs(args: argparse.Namespace) -> None:
                              ) from None
 
 
+#: What --hidden, --dropout and --epochs default to, by --model.
+MODEL_DEFAULTS = {"mlp": {"hidden": [128, 64], "dropout": 0.2, "epochs": 40},
+                  "cnn": {"hidden": [128], "dropout": 0.3, "epochs": 30}}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from . import optim
-    from .layers import Dense, Dropout
     from .losses import CrossEntropy
     from .network import Sequential
 
     _check_outputs(args)
+    for name, value in MODEL_DEFAULTS[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
-    x_tr, y_tr, x_te, y_te = load_dataset(args.dataset, args.seed)
+    x_tr, y_tr, x_te, y_te = load_dataset(args.dataset, args.seed, images=args.model == "cnn")
     classes = int(max(y_tr.max(), y_te.max())) + 1
-    layers: list[Any] = []
-    width = x_tr.shape[1]
-    for size in args.hidden:
-        layers.append(Dense(width, size, activation=args.activation, init="he_normal"))
-        if args.dropout:
-            layers.append(Dropout(args.dropout))
-        width = size
-    layers.append(Dense(width, classes))
+    layers = build_layers(args.model, x_tr.shape[1:], classes, args)
     net = Sequential(layers, backend=args.backend, device=args.device, dtype=args.dtype,
-                     seed=args.seed)
+                     seed=args.seed, input_shape=x_tr.shape[1:])
     lr: Any = args.lr
     if args.schedule == "cosine":  # the optimizer evaluates it before each step, from its count
         steps = args.epochs * -(-len(x_tr) // args.batch_size)
@@ -194,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     optimizer = optim.get(args.optimizer, lr=lr, weight_decay=args.weight_decay)
     loss = CrossEntropy(label_smoothing=args.label_smoothing)
     print(f"portanet train: {args.dataset} ({len(x_tr)} train, {len(x_te)} test), "
-          f"backend {net.backend} on {net.device}, {net.dtype_name}")
+          f"{args.model}, backend {net.backend} on {net.device}, {net.dtype_name}")
     start = time.perf_counter()
     history = net.fit(x_tr, y_tr, loss=loss, optimizer=optimizer, epochs=args.epochs,
                       batch_size=args.batch_size, validation_data=(x_te, y_te),
@@ -217,10 +261,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     net = load(args.checkpoint, backend=args.backend, device=args.device)
     seed = args.seed if args.seed is not None else (net.seed or 0)
-    _, _, x_te, y_te = load_dataset(args.dataset, seed)
-    if x_te.shape[1] != net.in_features:
-        raise UsageError(f"portanet evaluate: {args.checkpoint} takes {net.in_features} features "
-                         f"but dataset {args.dataset!r} has {x_te.shape[1]}")
+    _, _, x_te, y_te = load_dataset(args.dataset, seed, images=len(net.input_shape) == 3)
+    if x_te.shape[1:] != net.input_shape:
+        raise UsageError(f"portanet evaluate: {args.checkpoint} takes samples of shape "
+                         f"{net.input_shape} but dataset {args.dataset!r} has {x_te.shape[1:]}")
     result = net.evaluate(x_te, y_te, loss="cross_entropy", metrics=["accuracy"])
     print(f"test accuracy: {result['accuracy']:.4f}  test loss: {result['loss']:.4f}  "
           f"({len(x_te)} samples, backend {net.backend})")

@@ -154,12 +154,18 @@ def spirals(
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
 
-def digits() -> tuple[np.ndarray, np.ndarray]:
+def digits(images: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download).
+
+    Parameters
+    ----------
+    images : bool
+        Return ``x`` as images ``(1797, 1, 8, 8)`` (one channel, for ``Conv2D``)
+        rather than vectors ``(1797, 64)``.
 
     Returns
     -------
-    x : ndarray of float32, shape (1797, 64)
+    x : ndarray of float32, shape (1797, 64), or (1797, 1, 8, 8) with ``images``
         Pixels scaled from 0..16 to [0, 1].
     y : ndarray of int64, shape (1797,)
         Digits 0..9.
@@ -177,6 +183,8 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
         ) from exc
     bunch = load_digits()
     x = np.asarray(bunch.data, dtype=np.float32) / np.float32(16.0)
+    if images:
+        x = x.reshape(-1, 1, 8, 8)
     return x, np.asarray(bunch.target, dtype=np.int64)
 
 
@@ -195,6 +203,7 @@ def mnist(
     *,
     checksums: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    images: bool = False,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """MNIST: 60,000 training and 10,000 test images of handwritten digits.
 
@@ -216,11 +225,15 @@ def mnist(
         :data:`MNIST_FILES`. Default: :data:`MNIST_SHA256`, the official files.
     timeout : float
         Seconds to wait on the connection and on each read.
+    images : bool
+        Return ``x`` as images ``(n, 1, 28, 28)`` (one channel, for ``Conv2D``)
+        rather than vectors ``(n, 784)``.
 
     Returns
     -------
     (x_train, y_train), (x_test, y_test)
-        ``x`` float32 of shape ``(n, 784)`` in [0, 1] (pixel / 255), ``y`` int64.
+        ``x`` float32 of shape ``(n, 784)`` (or ``(n, 1, 28, 28)``) in [0, 1]
+        (pixel / 255), ``y`` int64.
 
     Raises
     ------
@@ -243,13 +256,13 @@ def mnist(
         for role, name in MNIST_FILES.items()
     }
     arrays = {role: read_idx(path) for role, path in paths.items()}
-    train = _images_and_labels(arrays["train_images"], arrays["train_labels"], "train")
-    test = _images_and_labels(arrays["test_images"], arrays["test_labels"], "t10k")
+    train = _images_and_labels(arrays["train_images"], arrays["train_labels"], "train", images)
+    test = _images_and_labels(arrays["test_images"], arrays["test_labels"], "t10k", images)
     return train, test
 
 
 def _images_and_labels(
-    images: np.ndarray, labels: np.ndarray, which: str
+    images: np.ndarray, labels: np.ndarray, which: str, as_images: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(
@@ -267,7 +280,8 @@ def _images_and_labels(
         )
     if labels.size and labels.max() > 9:
         raise ValueError(f"mnist: {which} labels must be digits 0..9, found {labels.max()}")
-    x = images.reshape(images.shape[0], -1).astype(np.float32) / np.float32(255.0)
+    shape = (images.shape[0], 1, *images.shape[1:]) if as_images else (images.shape[0], -1)
+    x = images.reshape(shape).astype(np.float32) / np.float32(255.0)
     return x, labels.astype(np.int64)
 
 

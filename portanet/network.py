@@ -31,7 +31,7 @@ from .backend import (
     to_array,
     to_numpy,
 )
-from .layers import Context, Layer, Shape, format_shape
+from .layers import Context, Layer, Shape, check_built, format_shape
 
 if TYPE_CHECKING:
     from .optim import Optimizer
@@ -144,7 +144,7 @@ class Sequential:
         ctx = self._context()
         for layer in self.layers:
             layer.build(ctx)
-            _check_built(layer)
+            check_built(layer)
         self._params = ArrayView(self.layers, "params")
         self._grads = ArrayView(self.layers, "params", attr="grads")
         self._buffers = ArrayView(self.layers, "buffers")
@@ -469,15 +469,6 @@ def _all_layers(layers: Iterable[Layer]) -> Iterator[Layer]:
     for layer in layers:
         yield layer
         yield from _all_layers(child for _, child in layer.children())
-
-
-def _check_built(layer: Layer) -> None:
-    """A layer must create exactly the parameters and buffers that it declares (checkpoints
-    trust the declaration to check files before anything is allocated)."""
-    for kind, shapes in (("params", layer.param_shapes()), ("buffers", layer.buffer_shapes())):
-        made = {k: tuple(a.shape) for k, a in getattr(layer, kind).items()}
-        if made != {k: tuple(s) for k, s in shapes.items()}:
-            raise RuntimeError(f"{layer.label} built {kind} {made}, but declares {shapes}")
 
 
 def _check_seed(seed: Any) -> int | None:

@@ -175,7 +175,8 @@ def test_the_length_counter_counts_code_only():
     assert long_functions(source, 5) == ["f (6 lines)"]
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_function_is_longer_than_50_code_lines(path):
     assert long_functions(path.read_text(encoding="utf-8"), 50) == []
 
@@ -190,20 +191,28 @@ ORDER = ["_version", "registry", "backend", "activations", "initializers", "loss
 DELEGATES = {"train_step": "training", "fit": "training", "evaluate": "training", "save": "io"}
 
 
-def _portanet_imports(tree: ast.AST) -> list[tuple[str, ast.AST]]:
+def _module_of(path: Path) -> str:
+    """``layers`` for portanet/layers/conv.py, ``io`` for portanet/io.py."""
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def _portanet_imports(tree: ast.AST, depth: int = 0) -> list[tuple[str, ast.AST]]:
     """Runtime imports of portanet modules (those under ``if TYPE_CHECKING:`` are type hints),
-    and ``_lower("name")``, network.py's lazy reach to a module below it."""
+    and ``_lower("name")``, network.py's lazy reach to a module below it. ``depth`` is 1 in
+    a subpackage, whose own relative imports (level 1) stay inside it: reported as "."."""
     hints = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
              and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
     found = []
     for node in ast.walk(tree):
         if id(node) in hints:
             continue
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level == depth + 1:
             names = [node.module] if node.module else [a.name for a in node.names]
             # ``from . import name``: a module, or a name of the package itself
             found += [(n.split(".")[0] if n.split(".")[0] in ORDER else "__init__", node)
                       for n in names]
+        elif isinstance(node, ast.ImportFrom) and 0 < node.level <= depth:
+            found.append((".", node))
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("portanet."):
             found.append((node.module.split(".")[1], node))
         elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_lower"
@@ -213,26 +222,29 @@ def _portanet_imports(tree: ast.AST) -> list[tuple[str, ast.AST]]:
 
 
 def test_imports_run_one_way():
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    modules = {_module_of(p) for p in PACKAGE.rglob("*.py")}
     assert modules <= set(ORDER), f"place {sorted(modules - set(ORDER))} in ORDER"
     bad = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
+        me = _module_of(path)
         tree = ast.parse(path.read_text(encoding="utf-8"))
         delegate_nodes = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
-                          and path.stem == "network" and f.name in DELEGATES
-                          for n in ast.walk(f)}
-        for target, node in _portanet_imports(tree):
-            if ORDER.index(target) < ORDER.index(path.stem):
+                          and me == "network" and f.name in DELEGATES for n in ast.walk(f)}
+        depth = len(path.relative_to(PACKAGE).parts) - 1
+        for target, node in _portanet_imports(tree, depth):
+            if target == "." or ORDER.index(target) < ORDER.index(me):
                 continue
             if id(node) in delegate_nodes:
                 continue
-            bad.append(f"{path.name}:{node.lineno} imports {target}")
+            bad.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {target}")
     assert not bad, bad
 
 
 def test_the_import_checker_sees_lazy_and_delegated_imports():
     tree = ast.parse("def f():\n    from .io import save\n    return _lower('cli')\n")
     assert [t for t, _ in _portanet_imports(tree)] == ["io", "cli"]
+    inside = ast.parse("from ..backend import size\nfrom .base import Layer\n")
+    assert [t for t, _ in _portanet_imports(inside, depth=1)] == ["backend", "."]
     hinted = ast.parse("if TYPE_CHECKING:\n    from .cli import main\n")
     assert _portanet_imports(hinted) == []
 
