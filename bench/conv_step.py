@@ -103,7 +103,7 @@ def portanet_worker(steps: int, warmup: int, phases: bool) -> dict[str, Any]:
         conv = layers.Conv2D
         for owner, name, phase in [
             (conv, "forward", "conv GEMMs and the rest"), (conv, "backward", "conv GEMMs and the rest"),
-            (conv, "_columns", "im2col"), (conv, "_input_grad", "col2im"),
+            (conv, "_columns", "im2col"), (conv, "_col2im", "col2im"),
             (layers.MaxPool2D, "forward", "max pooling"), (layers.MaxPool2D, "backward", "max pooling"),
             (type(opt), "step", "Adam update"),
         ]:

@@ -45,6 +45,11 @@ class Windows:
     def out_shape(self, height: int, width: int) -> tuple[int, int]:
         return self.out_size(height, 0), self.out_size(width, 1)
 
+    @property
+    def overlap(self) -> bool:
+        """Whether neighbouring windows share input positions (stride shorter than a window)."""
+        return any(self.stride[a] < self.span(a) for a in (0, 1))
+
     def taps(self, out_hw: tuple[int, int]) -> Iterator[tuple[slice, slice]]:
         """For each tap of the kernel, row by row, the slices of the padded image it reads."""
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
@@ -76,12 +81,15 @@ def gather(xp: Any, padded: Array, windows: Windows, out_hw: tuple[int, int],
 def scatter_add(target: Array, parts: Sequence[Array], windows: Windows,
                 out_hw: tuple[int, int]) -> Array:
     """col2im: add ``parts[k]`` (``(..., Ho, Wo)``) into the slice of tap ``k`` of ``target``
-    (``(..., Hp, Wp)``), where overlapping windows add up. Returns the target: updated
-    in place where it is writeable, a new array otherwise (JAX)."""
-    writeable = is_writeable_array(target)
+    (zeros of shape ``(..., Hp, Wp)``), where overlapping windows add up. Returns the
+    target: updated in place where it is writeable, a new array otherwise (JAX)."""
+    writeable, add = is_writeable_array(target), windows.overlap
     for part, (rows, cols) in zip(parts, windows.taps(out_hw)):
-        if writeable:
+        if writeable and add:
             target[..., rows, cols] += part
+        elif writeable:  # windows apart: every slice is written once, onto zeros
+            target[..., rows, cols] = part
         else:
-            target = xpx.at(target)[..., rows, cols].add(part)
+            at = xpx.at(target)[..., rows, cols]
+            target = at.add(part) if add else at.set(part)
     return target

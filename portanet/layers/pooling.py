@@ -78,18 +78,23 @@ class MaxPool2D(_Pool2D):
         super().__init__(kernel_size, stride, padding)
 
     def forward(self, x: Array, training: bool = False) -> Array:
-        xp = self.ctx.xp
-        taps, out_hw = self._windows_of(x, -math.inf)
-        self._cache = (xp.argmax(taps, axis=0), x.shape, out_hw)  # the first maximum wins
-        return xp.max(taps, axis=0)
+        taps, out_hw = self._windows_of(x, -math.inf)  # (kh kw, n, C, Ho, Wo)
+        best = self.ctx.xp.max(taps, axis=0)
+        self._cache = (taps, best, x.shape, out_hw)
+        return best
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         if not need_input_grad:
             return None
         xp = self.ctx.xp
-        winner, x_shape, out_hw = self._cache
-        parts = [grad_out * xp.astype(winner == k, grad_out.dtype)
-                 for k in range(math.prod(self.kernel_size))]
+        taps, best, x_shape, out_hw = self._cache
+        parts, taken = [], None
+        for k in range(taps.shape[0]):
+            hit = taps[k, ...] == best
+            if taken is not None:
+                hit = xp.logical_and(hit, xp.logical_not(taken))  # a tie: the first maximum only
+            taken = hit if taken is None else xp.logical_or(taken, hit)
+            parts.append(grad_out * xp.astype(hit, grad_out.dtype))
         return self._scatter(parts, x_shape, out_hw)
 
 
