@@ -18,6 +18,7 @@ nox.options.sessions = [
     "tests-torch",
     "tests-jax",
     "tests-cupy",
+    "tests-mpi",
     "lint",
 ]
 nox.options.reuse_existing_virtualenvs = True
@@ -82,6 +83,20 @@ def tests_cupy(session: nox.Session) -> None:
     # Torch too, for the cupy <-> torch interop and torch-CUDA reference checks.
     session.install(TORCH_SPEC)
     _pytest(session, "cupy", CUPY_EXTRA, "torch")
+
+
+@nox.session(name="tests-mpi")
+def tests_mpi(session: nox.Session) -> None:
+    """Data-parallel training under ``mpiexec -n 2`` (and ``-n 1``), against one process.
+
+    Installs the ``mpi`` extra (mpi4py and the MPICH wheel, whose ``mpiexec`` runs as
+    root without flags), torch and array-api-strict for their MPI paths; each launch has
+    a timeout, so a hung collective fails a test instead of stalling CI.
+    """
+    session.install(TORCH_SPEC)
+    session.install("-e", ".[test,datasets,mpi,strict,torch]")
+    session.run("pytest", "-q", "tests/test_distributed.py", *session.posargs,
+                env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session

@@ -35,6 +35,8 @@ class Callback:
 
     net: Sequential
     optimizer: Optimizer
+    #: the communicator while ``fit`` trains across ranks (None in one process)
+    comm: Any = None
 
     def on_train_begin(self, logs: dict[str, float]) -> None: ...
 
@@ -123,7 +125,8 @@ class ModelCheckpoint(Callback):
                 return
             self.best = value
         path = self.path.format(epoch=epoch + 1, **logs)
-        self.net.save(path, optimizer=self.optimizer)  # fit has set net.epoch = epoch + 1
+        if self.comm is None or self.comm.is_root:  # across ranks, rank 0 writes for all
+            self.net.save(path, optimizer=self.optimizer)  # fit has set net.epoch = epoch + 1
         self.saved.append(path)
 
 

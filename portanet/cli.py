@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", default=None, metavar="PATH", help="write a checkpoint (.npz)")
     train.add_argument("--plot", default=None, metavar="PATH", help="write the training curves (PNG)")
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel across the ranks of mpiexec (pip install "
+                            '"portanet[mpi]"; mpiexec -n 2 portanet train --distributed)')
 
     evaluate = sub.add_parser("evaluate", help="test accuracy of a saved checkpoint")
     evaluate.add_argument("checkpoint")
@@ -216,18 +219,11 @@ MODEL_DEFAULTS = {"mlp": {"hidden": [128, 64], "dropout": 0.2, "epochs": 40},
                   "cnn": {"hidden": [128], "dropout": 0.3, "epochs": 30}}
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _network_and_optimizer(args: argparse.Namespace, x_tr: np.ndarray, classes: int):
+    """The network of ``--model`` and the optimizer (with its learning-rate schedule)."""
     from . import optim
-    from .losses import CrossEntropy
     from .network import Sequential
 
-    _check_outputs(args)
-    for name, value in MODEL_DEFAULTS[args.model].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-
-    x_tr, y_tr, x_te, y_te = load_dataset(args.dataset, args.seed, images=args.model == "cnn")
-    classes = int(max(y_tr.max(), y_te.max())) + 1
     layers = build_layers(args.model, x_tr.shape[1:], classes, args)
     net = Sequential(layers, backend=args.backend, device=args.device, dtype=args.dtype,
                      seed=args.seed, input_shape=x_tr.shape[1:])
@@ -235,24 +231,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.schedule == "cosine":  # the optimizer evaluates it before each step, from its count
         steps = args.epochs * -(-len(x_tr) // args.batch_size)
         lr = optim.CosineAnnealing(steps, warmup_steps=min(50, steps // 10), initial_lr=args.lr)
-    optimizer = optim.get(args.optimizer, lr=lr, weight_decay=args.weight_decay)
+    return net, optim.get(args.optimizer, lr=lr, weight_decay=args.weight_decay)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .losses import CrossEntropy
+
+    _check_outputs(args)
+    for name, value in MODEL_DEFAULTS[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    comm = distributed.init() if args.distributed else None
+    root = comm is None or comm.is_root  # across ranks, rank 0 speaks and writes for all
+    say = print if root else (lambda *a, **k: None)
+
+    x_tr, y_tr, x_te, y_te = load_dataset(args.dataset, args.seed, images=args.model == "cnn")
+    classes = int(max(y_tr.max(), y_te.max())) + 1
+    net, optimizer = _network_and_optimizer(args, x_tr, classes)
     loss = CrossEntropy(label_smoothing=args.label_smoothing)
-    print(f"portanet train: {args.dataset} ({len(x_tr)} train, {len(x_te)} test), "
-          f"{args.model}, backend {net.backend} on {net.device}, {net.dtype_name}")
+    ranks = f", {comm.size} ranks" if comm is not None and comm.size > 1 else ""
+    say(f"portanet train: {args.dataset} ({len(x_tr)} train, {len(x_te)} test), "
+        f"{args.model}, backend {net.backend} on {net.device}, {net.dtype_name}{ranks}")
     start = time.perf_counter()
     history = net.fit(x_tr, y_tr, loss=loss, optimizer=optimizer, epochs=args.epochs,
                       batch_size=args.batch_size, validation_data=(x_te, y_te),
-                      metrics=["accuracy"], verbose=args.verbose)
+                      metrics=["accuracy"], verbose=args.verbose, distributed=comm)
     seconds = time.perf_counter() - start
     result = net.evaluate(x_te, y_te, loss="cross_entropy", metrics=["accuracy"])
-    print(f"test accuracy: {result['accuracy']:.4f}  test loss: {result['loss']:.4f}  "
-          f"time: {seconds:.1f} s")
-    if args.save:
+    say(f"test accuracy: {result['accuracy']:.4f}  test loss: {result['loss']:.4f}  "
+        f"time: {seconds:.1f} s")
+    if args.save and root:
         net.save(args.save, optimizer=optimizer)
-        print(f"saved {args.save}")
-    if args.plot:
+        say(f"saved {args.save}")
+    if args.plot and root:
         history.plot(args.plot)
-        print(f"plotted {args.plot}")
+        say(f"plotted {args.plot}")
     return 0
 
 

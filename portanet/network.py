@@ -191,7 +191,14 @@ class Sequential:
         return self.output_shape[0] if len(self.output_shape) == 1 else None
 
     def _context(self) -> Context:
-        return Context(self.xp, self.device, self.dtype, self.rng)
+        self._ctx = Context(self.xp, self.device, self.dtype, self.rng)
+        return self._ctx
+
+    @property
+    def context(self) -> Context:
+        """The :class:`~portanet.layers.Context` the layers share: namespace, device, dtype,
+        host RNG, and (set by ``fit`` across ranks) the cross-rank sum and this rank's rows."""
+        return self._ctx
 
     @property
     def dtype_name(self) -> str:
@@ -335,6 +342,7 @@ class Sequential:
         initial_epoch: int = 0,
         check_finite: int = 1,
         divergence_factor: float = 1e4,
+        distributed: Any = None,
     ) -> History:
         """Train on ``(x, y)`` with mini-batches; returns a :class:`~portanet.training.History`.
 
@@ -342,13 +350,14 @@ class Sequential:
         delegates: ``loss``, ``optimizer``, ``epochs``, ``batch_size`` (None: full
         batch), ``shuffle``, ``validation_data``, ``validation_split`` (the last
         rows), ``metrics``, ``callbacks``, ``verbose`` (0 silent, 1 a bar, 2 a line
-        per epoch), ``initial_epoch``, ``check_finite`` and ``divergence_factor``.
+        per epoch), ``initial_epoch``, ``check_finite``, ``divergence_factor`` and
+        ``distributed`` (``True`` or a communicator: data-parallel across MPI ranks).
         """
         return _lower("training").fit(self, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
                    batch_size=batch_size, shuffle=shuffle, validation_data=validation_data,
                    validation_split=validation_split, metrics=metrics, callbacks=callbacks,
                    verbose=verbose, initial_epoch=initial_epoch, check_finite=check_finite,
-                   divergence_factor=divergence_factor)
+                   divergence_factor=divergence_factor, distributed=distributed)
 
     def evaluate(self, x: Any, y: Any, *, loss: str | L.Loss, metrics: Sequence[Any] = (),
                  batch_size: int | None = 256) -> dict[str, float]:

@@ -18,16 +18,18 @@ is not stalled every step. The one per-step check is for divergence, which
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from array_api_compat import is_writeable_array
 
+from . import distributed as D
 from . import losses as L
 from . import metrics as M
 from . import optim as O
@@ -93,9 +95,11 @@ def loss_and_gradients(net: Sequential, x: Array, y: Array, loss: L.Loss) -> tup
     return value, pred
 
 
-def apply_gradients(net: Sequential, optimizer: O.Optimizer) -> None:
-    """One optimizer update of ``net``'s parameters from the gradients of its last backward."""
-    optimizer.step(net.parameters(), net.gradients())
+def apply_gradients(net: Sequential, optimizer: O.Optimizer,
+                    grads: Mapping[str, Array] | None = None) -> None:
+    """One optimizer update of ``net``'s parameters from ``grads`` (default: the gradients
+    of its last backward)."""
+    optimizer.step(net.parameters(), net.gradients() if grads is None else grads)
     net.optimizer = optimizer  # what save(), to() and callbacks find
 
 
@@ -290,6 +294,13 @@ class _FitPlan:
     check_finite: int
     guard: _DivergenceGuard
     snapshot: _Snapshot | None
+    parallel: D.DataParallel | None  # across ranks (None: one process)
+
+    def stop_requested(self, interrupts: _Interrupts) -> bool:
+        """A Ctrl-C, here or (across ranks) on any rank: decided alike on every rank."""
+        if self.parallel is None:
+            return interrupts.requested
+        return self.parallel.any(interrupts.requested)
 
 
 def fit(
@@ -310,6 +321,7 @@ def fit(
     initial_epoch: int = 0,
     check_finite: int = 1,
     divergence_factor: float = 1e4,
+    distributed: bool | D.Communicator | None = None,
 ) -> History:
     """Train ``net`` on ``(x, y)`` with mini-batches; returns a :class:`History`.
 
@@ -351,6 +363,13 @@ def fit(
         :class:`TrainingDivergedError` is raised.
     divergence_factor : float
         See ``check_finite``.
+    distributed : bool or Communicator, optional
+        Train across the ranks of a communicator (``True``: :func:`portanet.distributed.init`).
+        Every rank holds the whole data set and takes its share of each *global* batch of
+        ``batch_size`` rows; one allreduce per step sums the gradients, so the update is the
+        one a single process would make. Parameters, buffers, optimizer state and RNG start
+        from rank 0's; losses and metrics are reduced over ranks; only rank 0 shows progress
+        and writes checkpoints.
 
     Returns
     -------
@@ -360,27 +379,22 @@ def fit(
     """
     plan = _plan_fit(net, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
                      validation_split, metrics, callbacks, verbose, initial_epoch,
-                     check_finite, divergence_factor)
+                     check_finite, divergence_factor, distributed)
     history = History()
-    net.stop_training = False
-    net.optimizer = plan.optimizer
-    for cb in plan.callbacks:
-        cb.net, cb.optimizer = net, plan.optimizer
-    for cb in plan.callbacks:
-        cb.on_train_begin({})
-    if plan.snapshot is not None:
-        plan.snapshot.take()
-    with _Interrupts() as interrupts:
+    _begin(plan)
+    with _Interrupts() as interrupts, _across_ranks(plan):
+        if plan.snapshot is not None:
+            plan.snapshot.take()
         for epoch in range(plan.initial_epoch, plan.epochs):
             for cb in plan.callbacks:
                 cb.on_epoch_begin(epoch, {})
-            sums, bar = _run_epoch(plan, epoch, interrupts)
-            if interrupts.requested and sums.steps < len(plan.bounds):
+            sums, bar, stopped = _run_epoch(plan, epoch, interrupts)
+            if stopped:
                 bar.close()
                 history.interrupted = True  # stopped mid-epoch: the epoch is not logged
                 break
             _end_epoch(plan, epoch, sums, bar, history)
-            if interrupts.requested:  # pressed during the epoch's last step, or after it
+            if plan.stop_requested(interrupts):  # pressed during the epoch's last step, or after
                 history.interrupted = True
                 break
             if net.stop_training:
@@ -390,10 +404,37 @@ def fit(
     return history
 
 
+def _begin(plan: _FitPlan) -> None:
+    """Reset the network's flags and hand the callbacks what they work on."""
+    plan.net.stop_training = False
+    plan.net.optimizer = plan.optimizer
+    for cb in plan.callbacks:
+        cb.net, cb.optimizer = plan.net, plan.optimizer
+        cb.comm = None if plan.parallel is None else plan.parallel.comm
+    for cb in plan.callbacks:
+        cb.on_train_begin({})
+
+
+@contextlib.contextmanager
+def _across_ranks(plan: _FitPlan) -> Iterator[None]:
+    """While fit trains across ranks: every rank starts from rank 0's state, and layers can
+    sum over ranks (BatchNorm's statistics) and know their rows of each global batch."""
+    if plan.parallel is None:
+        yield
+        return
+    ctx = plan.net.context
+    plan.parallel.start(plan.net, plan.optimizer)
+    ctx.sync = plan.parallel.comm.allreduce
+    try:
+        yield
+    finally:
+        ctx.sync = ctx.global_rows = None
+
+
 def _plan_fit(net: Sequential, x: Any, y: Any, loss: Any, optimizer: Any, epochs: Any,
               batch_size: Any, shuffle: bool, validation_data: Any, validation_split: Any,
               metrics: Any, callbacks: Any, verbose: Any, initial_epoch: Any,
-              check_finite: Any, divergence_factor: float) -> _FitPlan:
+              check_finite: Any, divergence_factor: float, distributed: Any) -> _FitPlan:
     """Check every argument of ``fit`` and move the data to the device, before anything
     changes (a bad argument leaves the network, optimizer and RNG as they were)."""
     loss = L.get(loss)
@@ -413,14 +454,28 @@ def _plan_fit(net: Sequential, x: Any, y: Any, loss: Any, optimizer: Any, epochs
         raise ValueError(f"initial_epoch ({initial_epoch}) must not exceed epochs ({epochs})")
     if verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    parallel = _data_parallel(distributed)
     xa, ya, val = _training_and_validation(net, x, y, loss, validation_data, validation_split)
     return _FitPlan(
         net=net, loss=loss, optimizer=optimizer, metrics=metric_fns, callbacks=callbacks,
         x=xa, y=ya, validation=val, bounds=_batch_bounds(xa.shape[0], batch_size),
         batch_size=batch_size, epochs=epochs, initial_epoch=initial_epoch, shuffle=shuffle,
-        verbose=verbose, check_finite=check_finite, guard=_DivergenceGuard(divergence_factor),
-        snapshot=_Snapshot(net, optimizer) if check_finite else None,
+        verbose=verbose if parallel is None or parallel.comm.is_root else 0,
+        check_finite=check_finite, guard=_DivergenceGuard(divergence_factor),
+        snapshot=_Snapshot(net, optimizer) if check_finite else None, parallel=parallel,
     )
+
+
+def _data_parallel(distributed: Any) -> D.DataParallel | None:
+    """``fit``'s ``distributed`` argument as a DataParallel helper (None: one process; a
+    one-rank world trains exactly as one process does)."""
+    if distributed is None or distributed is False:
+        return None
+    comm = D.init() if distributed is True else distributed
+    if not isinstance(comm, D.Communicator):
+        raise TypeError("distributed must be True, False, None or a communicator from "
+                        f"portanet.distributed.init(), got {type(distributed).__name__}")
+    return None if comm.size == 1 else D.DataParallel(comm)
 
 
 def _training_and_validation(net: Sequential, x: Any, y: Any, loss: L.Loss,
@@ -459,9 +514,9 @@ def _batch_bounds(n: int, batch_size: int | None) -> list[tuple[int, int]]:
 
 
 def _run_epoch(plan: _FitPlan, epoch: int,
-               interrupts: _Interrupts) -> tuple[_EpochSums, _ProgressBar]:
+               interrupts: _Interrupts) -> tuple[_EpochSums, _ProgressBar, bool]:
     """The training steps of one epoch, until its end or a Ctrl-C; returns the epoch's
-    sums and its progress bar (still open)."""
+    sums, its progress bar (still open) and whether a Ctrl-C stopped it before its end."""
     net, xp = plan.net, plan.net.xp
     n = plan.x.shape[0]
     order = (to_array(net.rng.permutation(n), xp, net.device, xp.int64)
@@ -469,22 +524,53 @@ def _run_epoch(plan: _FitPlan, epoch: int,
     sums = _EpochSums(plan.metrics)
     bar = _ProgressBar(plan.verbose, epoch, plan.epochs, len(plan.bounds))
     for step, (lo, hi) in enumerate(plan.bounds):
-        if interrupts.requested:
-            break
-        if order is None:
-            bx, by = plan.x[lo:hi, ...], plan.y[lo:hi, ...]
-        else:
-            idx = order[lo:hi]
-            bx, by = xp.take(plan.x, idx, axis=0), xp.take(plan.y, idx, axis=0)
-        value, pred = loss_and_gradients(net, bx, by, plan.loss)
+        if plan.stop_requested(interrupts):
+            return sums, bar, True
+        first, stop = (lo, hi) if plan.parallel is None else plan.parallel.rows(lo, hi)
+        bx, by = _batch(plan, order, first, stop)
+        value, pred, grads, total = _step_gradients(plan, bx, by, (hi - lo, first - lo, stop - lo))
         if plan.check_finite and (step + 1) % plan.check_finite == 0:
-            _check_divergence(plan, epoch, step, float(value), bar)
-        apply_gradients(net, plan.optimizer)
-        sums.add(value, pred, by, hi - lo)
+            _check_divergence(plan, epoch, step, float(to_numpy(total)), bar)
+        apply_gradients(net, plan.optimizer, grads)
+        sums.add(value, pred, by, stop - first)
         for cb in plan.callbacks:
             cb.on_batch_end(step, {"epoch": epoch})
         bar.step(sums)
-    return sums, bar
+    return sums, bar, False
+
+
+def _batch(plan: _FitPlan, order: Array | None, first: int, stop: int) -> tuple[Array, Array]:
+    """Rows ``first:stop`` of the epoch's order (or of the data, without shuffling)."""
+    if order is None:
+        return plan.x[first:stop, ...], plan.y[first:stop, ...]
+    xp, idx = plan.net.xp, order[first:stop]
+    return xp.take(plan.x, idx, axis=0), xp.take(plan.y, idx, axis=0)
+
+
+def _step_gradients(plan: _FitPlan, bx: Array, by: Array, rows: tuple[int, int, int]):
+    """This step's loss, prediction and gradients, and the loss of the whole global batch.
+
+    In one process that is :func:`loss_and_gradients`. Across ranks, the global batch's
+    mean loss is ``sum_r share_r L_r`` (``share_r``: a rank's fraction of the rows), so
+    each rank backpropagates ``share_r dL_r/dpred``, the global loss's gradient (which
+    BatchNorm's cross-rank statistics need), and one allreduce sums the parameter
+    gradients. A rank with no rows still runs (an empty batch) and joins every collective.
+    """
+    net = plan.net
+    if plan.parallel is None:
+        value, pred = loss_and_gradients(net, bx, by, plan.loss)
+        return value, pred, net.gradients(), value
+    xp, share = net.xp, bx.shape[0] / rows[0]
+    net.context.global_rows = rows
+    pred = net.forward_checked(bx, training=True)
+    if bx.shape[0]:
+        value = plan.loss.value(pred, by)
+        grad = plan.loss.grad(pred, by) * share
+    else:
+        value, grad = xp.zeros((), dtype=net.dtype, device=net.device), xp.zeros_like(pred)
+    net.backward(grad, need_input_grad=False)
+    grads, total = plan.parallel.reduce(net.gradients(), value * share)
+    return value, pred, grads, total
 
 
 def _check_divergence(plan: _FitPlan, epoch: int, step: int, value: float,
@@ -500,16 +586,18 @@ def _check_divergence(plan: _FitPlan, epoch: int, step: int, value: float,
 def _end_epoch(plan: _FitPlan, epoch: int, sums: _EpochSums, bar: _ProgressBar,
                history: History) -> None:
     """Log the epoch: its losses and metrics, validation, the history, the bar, callbacks."""
-    net = plan.net
-    logs = sums.result(plan.metrics)
+    net, comm = plan.net, None if plan.parallel is None else plan.parallel.comm
+    logs = sums.result(plan.metrics, comm)
     if plan.check_finite and plan.guard.diverged(logs["loss"]):
         plan.snapshot.restore()
         bar.close()
         raise TrainingDivergedError(epoch, len(plan.bounds) - 1, plan.optimizer.lr, logs["loss"])
     if plan.validation is not None:
-        val_logs = evaluate(net, *plan.validation, loss=plan.loss, metrics=plan.metrics,
-                            batch_size=plan.batch_size)
+        val_logs = _evaluate(net, *plan.validation, plan.loss, plan.metrics, plan.batch_size,
+                             plan.parallel)
         logs.update({f"val_{k}": v for k, v in val_logs.items()})
+    if plan.parallel is not None:
+        plan.parallel.verify(net, plan.optimizer)  # ranks never drift apart unseen
     net.epoch = epoch + 1
     history.append(epoch, logs)
     bar.finish(logs)
@@ -573,12 +661,18 @@ class _EpochSums:
     def running_loss(self) -> float:
         return float(to_numpy(self.loss)) / self.count if self.count else math.nan
 
-    def result(self, metrics: Sequence[M.Metric]) -> dict[str, float]:
-        if not self.count:
+    def result(self, metrics: Sequence[M.Metric], comm: D.Communicator | None = None
+               ) -> dict[str, float]:
+        """The epoch's mean loss and metrics (summed over ranks first, with ``comm``)."""
+        totals = [0.0 if t is None else float(to_numpy(t)) for t in (self.loss, *self.metrics)]
+        count = float(self.count)
+        if comm is not None:
+            *totals, count = comm.allreduce_host([*totals, count])
+        if not count:
             return {"loss": math.nan}
-        out = {"loss": float(to_numpy(self.loss)) / self.count}
-        for m, total in zip(metrics, self.metrics):
-            out[m.name] = float(to_numpy(total)) / self.count
+        out = {"loss": totals[0] / count}
+        for m, total in zip(metrics, totals[1:]):
+            out[m.name] = total / count
         return out
 
 
@@ -599,10 +693,18 @@ def evaluate(
     loss = L.get(loss)
     metric_fns = [M.get(m, loss) for m in metrics]
     xa = net.as_input(x)
-    ya = net.as_target(y, xa.shape[0], loss)
-    sums = _EpochSums(metric_fns)
+    return _evaluate(net, xa, net.as_target(y, xa.shape[0], loss), loss, metric_fns,
+                     batch_size, None)
+
+
+def _evaluate(net: Sequential, xa: Array, ya: Array, loss: L.Loss, metrics: list[M.Metric],
+              batch_size: int | None, parallel: D.DataParallel | None) -> dict[str, float]:
+    """Evaluation on checked arrays; across ranks, each evaluates its share of the rows."""
+    first, stop = (0, xa.shape[0]) if parallel is None else parallel.rows(0, xa.shape[0])
+    xa, ya = xa[first:stop, ...], ya[first:stop, ...]
+    sums = _EpochSums(metrics)
     for lo, hi in _batch_bounds(xa.shape[0], batch_size):
         bx, by = xa[lo:hi, ...], ya[lo:hi, ...]
         pred = net.forward_checked(bx, training=False)
         sums.add(loss.value(pred, by), pred, by, hi - lo)
-    return sums.result(metric_fns)
+    return sums.result(metrics, None if parallel is None else parallel.comm)

@@ -25,7 +25,7 @@ Shapes: a batch of vectors is ``(n, features)`` and a batch of images
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -66,12 +66,18 @@ def format_shape(shape: Shape | None, batch: str = "n") -> str:
 
 @dataclass
 class Context:
-    """What a network hands its layers: namespace, device, dtype and host RNG."""
+    """What a network hands its layers: namespace, device, dtype and host RNG; and, while
+    ``fit`` trains across ranks, how to sum an array over them and which rows of the global
+    batch this rank holds."""
 
     xp: ModuleType
     device: Any
     dtype: Any
     rng: Any  # numpy.random.Generator, seeded once per network
+    #: the sum of an array over every rank (``comm.allreduce``); None in one process
+    sync: Callable[[Any], Any] | None = None
+    #: ``(global batch rows, first, stop)``: this rank's rows of the batch; None in one process
+    global_rows: tuple[int, int, int] | None = None
 
 
 class Layer:

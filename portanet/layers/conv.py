@@ -150,7 +150,7 @@ class Conv2D(Layer):
         per_sample = self.in_channels * math.prod(self.kernel_size) * math.prod(out_hw)
         per_input = math.prod(x.shape[1:])
         size = max(1, (COLUMN_BUDGET * n * per_input) // per_sample)
-        return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+        return [(lo, min(lo + size, n)) for lo in range(0, n, size)] or [(0, 0)]  # n = 0: one
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         xp = self.ctx.xp

@@ -31,8 +31,18 @@ class Dropout(Layer):
         self._mask: Array | None = None
 
     def draw_mask(self, shape: tuple[int, ...]) -> Array:
-        """Draw a mask on the host and move it to the device (kept / (1 - p))."""
-        keep = self.ctx.rng.random(shape) >= self.p
+        """Draw a mask on the host and move it to the device (kept / (1 - p)).
+
+        Across ranks, the mask of the whole global batch is drawn (the same on every
+        rank, from the shared seed) and each keeps its own rows: the masks of one
+        process training on the global batch.
+        """
+        rows = self.ctx.global_rows
+        if rows is None:
+            keep = self.ctx.rng.random(shape) >= self.p
+        else:
+            total, first, stop = rows
+            keep = (self.ctx.rng.random((total, *shape[1:])) >= self.p)[first:stop]
         return self.on_device(keep / (1.0 - self.p))
 
     def forward(self, x: Array, training: bool = False) -> Array:

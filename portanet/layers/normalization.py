@@ -32,6 +32,17 @@ def _normalized_grad(xp: Any, gh: Array, xhat: Array, inv_std: Array,
     return inv_std * (gh - mean_gh - xhat * mean_ghx)
 
 
+def _synced_normalized_grad(xp: Any, gh: Array, xhat: Array, inv_std: Array,
+                            axes: tuple[int, ...], sync: Any, m: float) -> Array:
+    """The same, with the means over the global batch: one sum over ranks of both."""
+    c = gh.shape[1]
+    local = xp.concat([xp.sum(gh, axis=axes), xp.sum(gh * xhat, axis=axes)])
+    total = sync(local) / m
+    shape = (1, c) + (1,) * (gh.ndim - 2)
+    mean_gh, mean_ghx = xp.reshape(total[:c], shape), xp.reshape(total[c:], shape)
+    return inv_std * (gh - mean_gh - xhat * mean_ghx)
+
+
 def _positive_float(layer: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
             or not math.isfinite(value):
@@ -45,7 +56,8 @@ class BatchNorm(Layer):
     for ``(n, C, H, W)`` (statistics per channel, over the batch and the image).
 
     In training, each channel is normalized by the mean and variance of its ``m``
-    values in the batch, and the buffers follow them:
+    values in the batch (across ranks, of the global batch: one sum over ranks of the
+    per-channel sums in forward, one in backward), and the buffers follow them:
     ``running_mean <- (1 - momentum) running_mean + momentum mean`` and the same for
     ``running_var`` with the unbiased variance ``var m / (m - 1)``, as torch. In
     evaluation (``predict``, ``evaluate``, validation) the running statistics
@@ -92,36 +104,53 @@ class BatchNorm(Layer):
         xp = self.ctx.xp
         axes = (0,) if x.ndim == 2 else (0, 2, 3)
         per_channel = (1, self.num_features) + (1,) * (x.ndim - 2)  # broadcasts over the rest
+        m = None
         if training:
             mean, var, m = self._batch_statistics(x, axes)
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         inv_std = xp.reshape(1.0 / xp.sqrt(var + self.eps), per_channel)
         xhat = (x - xp.reshape(mean, per_channel)) * inv_std
-        self._cache = (xhat, inv_std, axes, training)
+        self._cache = (xhat, inv_std, axes, training, m)
         if not self.affine:
             return xhat
         return xhat * xp.reshape(self.params["weight"], per_channel) + \
             xp.reshape(self.params["bias"], per_channel)
 
-    def _batch_statistics(self, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, int]:
+    def _batch_statistics(self, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, float]:
         """The batch's mean and biased variance per channel; updates the running ones."""
         xp = self.ctx.xp
-        m = math.prod(x.shape[a] for a in axes)
+        if self.ctx.sync is not None:
+            mean, var, m = self._global_statistics(x, axes)
+        else:
+            m = math.prod(x.shape[a] for a in axes)
+            mean = xp.mean(x, axis=axes)
+            var = xp.var(x, axis=axes)  # biased (correction 0): what normalizes the batch
         if m < 2:
             raise ValueError(f"{self.label} needs more than one value per channel in training, "
                              f"got input of shape {tuple(x.shape)}")
-        mean = xp.mean(x, axis=axes)
-        var = xp.var(x, axis=axes)  # biased (correction 0): what normalizes the batch
         keep = 1.0 - self.momentum
         self.buffers["running_mean"] = keep * self.buffers["running_mean"] + self.momentum * mean
         self.buffers["running_var"] = (keep * self.buffers["running_var"]
                                        + self.momentum * (m / (m - 1.0)) * var)
         return mean, var, m
 
+    def _global_statistics(self, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, float]:
+        """Mean and biased variance over the global batch (all ranks): one sum over ranks of
+        each channel's ``sum(d)`` and ``sum(d^2)``, with ``d = x - running_mean`` (the same
+        shift on every rank, which keeps the variance free of cancellation)."""
+        xp, c = self.ctx.xp, self.num_features
+        rows = self.ctx.global_rows[0]  # the global batch's size: known, no host read
+        m = float(rows * math.prod(x.shape[2:]))
+        shift = self.buffers["running_mean"]
+        d = x - xp.reshape(shift, (1, c) + (1,) * (x.ndim - 2))
+        total = self.ctx.sync(xp.concat([xp.sum(d, axis=axes), xp.sum(d * d, axis=axes)]))
+        mean_d = total[:c] / m
+        return shift + mean_d, total[c:] / m - mean_d * mean_d, m
+
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         xp = self.ctx.xp
-        xhat, inv_std, axes, training = self._cache
+        xhat, inv_std, axes, training, m = self._cache
         gh = grad_out
         if self.affine:
             self.grads["weight"] = xp.sum(grad_out * xhat, axis=axes)
@@ -132,6 +161,8 @@ class BatchNorm(Layer):
             return None
         if not training:  # the running statistics are constants
             return gh * inv_std
+        if self.ctx.sync is not None:
+            return _synced_normalized_grad(xp, gh, xhat, inv_std, axes, self.ctx.sync, m)
         return _normalized_grad(xp, gh, xhat, inv_std, axes)
 
     def config(self) -> dict[str, Any]:
