@@ -7,10 +7,11 @@ per-step losses and of its worst final parameter array. array-api-strict runs on
 ``CPU_DEVICE``, ``device1`` and (float32 only) ``no_float64``; torch and JAX on the
 CPU and on every GPU they see; CuPy only where a GPU exists. JAX gets x64.
 
-The table goes to stdout, ``bench/results/agreement.md`` and
-``bench/results/agreement.json``::
+The table goes to stdout; with ``--write`` also to ``agreement.md`` and
+``agreement.json`` in ``--out`` (``bench/results``, whose files are tracked: they are
+rewritten only when asked)::
 
-    python bench/agreement.py [--steps 100] [--seed 0] [--out bench/results]
+    python bench/agreement.py [--steps 100] [--seed 0] [--write [--out bench/results]]
 """
 
 from __future__ import annotations
@@ -141,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--write", action="store_true",
+                        help="also write agreement.md and agreement.json into --out")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
+                        help="where --write writes (default: bench/results)")
     args = parser.parse_args(argv)
 
     meta = {
@@ -154,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_all(args.steps, args.seed)
     table = markdown(rows, meta)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "agreement.md").write_text(table)
-    (args.out / "agreement.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    if args.write:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "agreement.md").write_text(table)
+        (args.out / "agreement.json").write_text(json.dumps({**meta, "rows": rows}, indent=2)
+                                                 + "\n")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

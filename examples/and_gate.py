@@ -9,20 +9,26 @@ The code it runs is portanet/demo.py.
 """
 
 import argparse
+import sys
 
 from portanet.demo import print_truth_table, train_and_gate
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--backend", default=None, help="numpy, cupy, torch, jax, array_api_strict")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    predictions = train_and_gate(args.backend, args.device, args.dtype, args.seed)
+    args = parser.parse_args(argv)
+    try:
+        predictions = train_and_gate(args.backend, args.device, args.dtype, args.seed)
+    except (ImportError, RuntimeError, ValueError) as exc:  # a missing backend, no GPU, ...
+        print(f"and_gate.py: {exc}", file=sys.stderr)
+        return 2
     print_truth_table(predictions)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,8 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", default=None, help="checkpoint to write (rank 0)")
     args = parser.parse_args(argv)
 
-    comm = pn.distributed.init()  # a one-rank world without mpiexec
-    x, y = pn.datasets.digits()
+    try:
+        comm = pn.distributed.init()  # a one-rank world without mpiexec
+        x, y = pn.datasets.digits()
+    except ImportError as exc:  # scikit-learn (the datasets extra) is missing
+        print(f"distributed_digits.py: {exc}", file=sys.stderr)
+        return 2
     x_tr, x_te, y_tr, y_te = pn.datasets.train_test_split(x, y, test_size=0.2, seed=0,
                                                            stratify=True)
     x_tr, x_te = pn.datasets.standardize(x_tr, x_te)

@@ -13,6 +13,7 @@ they are fed to it (``Sequential.as_input``), once per batch.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -250,15 +251,29 @@ def mnist(
     if missing:
         raise ValueError(f"mnist: checksums has no SHA-256 for {missing}")
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {
-        role: _fetch(folder, name, mirror, table[name], timeout)
-        for role, name in MNIST_FILES.items()
-    }
+    made = _make_folders(folder)
+    try:
+        paths = {role: _fetch(folder, name, mirror, table[name], timeout)
+                 for role, name in MNIST_FILES.items()}
+    except OSError as exc:
+        for created in reversed(made):  # leave nothing behind that this call made and left empty
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        names = ", ".join(MNIST_FILES.values())
+        raise OSError(f"{exc}. Without a connection, put the four files ({names}) into "
+                      f"{folder} by hand (or point PORTANET_CACHE_DIR at a folder that "
+                      "holds them)") from exc
     arrays = {role: read_idx(path) for role, path in paths.items()}
     train = _images_and_labels(arrays["train_images"], arrays["train_labels"], "train", images)
     test = _images_and_labels(arrays["test_images"], arrays["test_labels"], "t10k", images)
     return train, test
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, outermost first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 def _images_and_labels(

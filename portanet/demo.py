@@ -46,11 +46,13 @@ def _train(net: Sequential, x: Any, y: Any, optimizer: Any, steps: int, name: st
            progress: bool) -> None:
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(steps), desc=name, disable=not progress)
-    for i in bar:
+    bar = tqdm(total=steps, desc=name, disable=not progress)
+    for i in range(steps):
         loss = net.train_step(x, y, "mse", optimizer)
         if i % 50 == 0 or i == steps - 1:  # the loss reaches the host only here
-            bar.set_description(f"{name} loss: {float(loss):.4f}")
+            bar.set_description(f"{name} loss: {float(loss):.4f}", refresh=False)
+        bar.update(1)  # counted by hand: the bar shows each step, not 0 until the end
+    bar.close()
 
 
 def print_truth_table(predictions: list[float]) -> None:

@@ -63,6 +63,7 @@ def save(
     optimizer: O.Optimizer | None = None,
     *,
     epoch: int | None = None,
+    info: Mapping[str, Any] | None = None,
 ) -> None:
     """Write ``net`` (and optionally ``optimizer``) to one ``.npz`` file at ``path``.
 
@@ -79,6 +80,10 @@ def save(
         optimizer (not even ``net.optimizer``).
     epoch : int, optional
         The epoch to record; default ``net.epoch``.
+    info : mapping, optional
+        JSON-able notes kept with the checkpoint, read back as
+        ``read_metadata(path)["info"]`` (the ``portanet`` command records how it split
+        the data there, so that ``evaluate`` tests on the same rows).
 
     Raises
     ------
@@ -118,6 +123,7 @@ def save(
         "parameters": {k: list(state[k].shape) for k in kinds["params"]},
         "buffers": {k: list(state[k].shape) for k in kinds["buffers"]},
         "optimizer": None,
+        "info": dict(info) if info is not None else {},
     }
     if optimizer is not None:
         meta["optimizer"] = _optimizer_entry(optimizer, kinds["params"], arrays)
@@ -380,6 +386,7 @@ def _check_fields(meta: Mapping[str, Any]) -> None:
          "'network.input_shape' must be a list of positive ints")
     need(_is_int(meta.get("epoch")) and meta["epoch"] >= 0, "'epoch' must be an int >= 0")
     need(isinstance(meta.get("rng_state"), dict), "'rng_state' must be an object")
+    need(isinstance(meta.setdefault("info", {}), dict), "'info' must be an object")
     need(is_shapes(meta.get("parameters")), "'parameters' must map names to shapes")
     need(is_shapes(meta.get("buffers", {})), "'buffers' must map names to shapes")
     opt = meta.get("optimizer")

@@ -366,10 +366,11 @@ class Sequential:
         return _lower("training").evaluate(self, x, y, loss=loss, metrics=metrics,
                                            batch_size=batch_size)
 
-    def save(self, path: Any, optimizer: Optimizer | None = None) -> None:
-        """Write a checkpoint (atomic; optionally with ``optimizer``). Delegates to
-        :func:`portanet.io.save`."""
-        _lower("io").save(self, path, optimizer=optimizer)
+    def save(self, path: Any, optimizer: Optimizer | None = None, *,
+             info: Mapping[str, Any] | None = None) -> None:
+        """Write a checkpoint (atomic; optionally with ``optimizer`` and JSON-able ``info``).
+        Delegates to :func:`portanet.io.save`."""
+        _lower("io").save(self, path, optimizer=optimizer, info=info)
 
     # --------------------------------------------------------------- state --
     def state_dict(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -609,34 +610,48 @@ def _end_epoch(plan: _FitPlan, epoch: int, sums: _EpochSums, bar: _ProgressBar,
 
 
 class _ProgressBar:
-    """The tqdm bar of one epoch (``verbose=1``); does nothing otherwise."""
+    """Progress of one epoch with ``verbose=1``: a tqdm bar on a terminal, and one line per
+    epoch where stderr is not one (a log file, CI), instead of a stream of bar frames."""
+
+    #: short names in the bar, so that its line fits 80 columns
+    SHORT = {"accuracy": "acc", "val_accuracy": "val_acc"}
 
     def __init__(self, verbose: int, epoch: int, epochs: int, total: int):
-        self._bar = None
-        if verbose == 1:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-                             leave=True)
+        self._bar = self._line = None
         self._last_refresh = time.monotonic()
+        if verbose != 1:
+            return
+        if not sys.stderr.isatty():
+            self._line = f"epoch {epoch + 1}/{epochs}"
+            return
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                         leave=True, dynamic_ncols=True,
+                         bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}]{postfix}")
 
     def step(self, sums: _EpochSums) -> None:
         if self._bar is None:
             return
         self._bar.update(1)
         if time.monotonic() - self._last_refresh > 0.5:  # sync a few times a second at most
-            self._bar.set_postfix(loss=f"{sums.running_loss():.4g}", refresh=False)
+            self._bar.set_postfix_str(f"loss={sums.running_loss():.4g}", refresh=False)
             self._last_refresh = time.monotonic()
 
     def finish(self, logs: Mapping[str, float]) -> None:
-        if self._bar is not None:
-            self._bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
+        if self._bar is not None:  # 3 digits: the line fits 80 columns with a bar left
+            self._bar.set_postfix_str(" ".join(f"{self.SHORT.get(k, k)}={v:.3g}"
+                                               for k, v in logs.items()))
+        elif self._line is not None:
+            text = "  ".join(f"{k}={v:.4g}" for k, v in logs.items())
+            print(f"{self._line}  {text}", file=sys.stderr, flush=True)
         self.close()
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._line = None
 
 
 class _EpochSums:

@@ -80,15 +80,17 @@ def test_backends_runs_with_only_numpy_installed(tmp_path):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["train", "--lr", "abc"], "--lr: expected a float"),
-    (["train", "--hidden", "12,x"], "--hidden: expected sizes like 128,64"),
+    (["train", "--lr", "abc"], r"--lr: expected a number > 0, got 'abc' \(see portanet train "
+                               r"--help\)$"),
+    (["train", "--hidden", "12,x"], "--hidden: expected positive sizes like 128,64"),
     (["train", "--dataset", "cifar"], "invalid choice: 'cifar'"),
-    (["train", "--dropout", "1.5"], r"must be in \[0, 1\)"),
-    (["train", "--epochs", "0"], "must be positive"),
+    (["train", "--dropout", "1.5"], r"--dropout: expected a number in \[0, 1\), got '1.5'"),
+    (["train", "--dropout", "abc"], r"--dropout: expected a number in \[0, 1\), got 'abc'"),
+    (["train", "--epochs", "0"], "--epochs: expected an integer > 0, got '0'"),
+    (["train", "--epoch", "3"], r"unrecognized arguments: --epoch 3 \(see portanet train"),
     (["train", "--backend", "tensorflow", "--dataset", "xor"], "unknown backend 'tensorflow'"),
     (["evaluate", "missing.npz"], "missing.npz"),
-    (["frobnicate"], "invalid choice"),
-    ([], "required"),
+    (["frobnicate"], r"invalid choice.*\(see portanet --help\)"),
 ])
 def test_user_mistakes_print_one_line_and_exit_2(capsys, argv, match):
     assert main(argv) == 2

@@ -146,7 +146,7 @@ def test_cli_trains_and_evaluates_a_cnn(capsys, tmp_path):
     assert main(["train", "--dataset", "digits", "--model", "cnn", "--epochs", "3",
                  "--verbose", "0", "--save", str(model)]) == 0
     out = capsys.readouterr().out
-    assert "digits (1437 train, 360 test), cnn" in out
+    assert "digits (1437 train of which 10% validate, 360 test), cnn" in out
     accuracy = float(re.search(r"test accuracy: ([\d.]+)", out).group(1))
     assert accuracy > 0.9
     net = pn.load(model)
