@@ -385,18 +385,22 @@ def _host_to_device(host: np.ndarray, xp: ModuleType, device: Any, dtype: Any,
     else:
         target = host.dtype
     cast = host.astype(target, copy=copy)  # copies when it casts, or when asked to
+    if backend_name(xp) == "jax":
+        # jnp.asarray compiles (and dispatches) a dtype conversion and a copy for every new
+        # shape; device_put moves the host bytes as they are, already in the right dtype.
+        import jax
+
+        return jax.device_put(cast, device)
     return xp.asarray(cast, device=device)
 
 
 def host_label_range(y: Any) -> tuple[int, int] | None:
-    """``(min, max)`` of integer labels that are on the host (lists, NumPy, CPU arrays);
-    None for labels on a GPU, where reading them would stall the device."""
-    if isinstance(y, (np.ndarray, list, tuple)) or not _is_array_api_array(y):
-        a = np.asarray(y)
-    elif is_host_array(y):
-        a = to_numpy(y)
-    else:
+    """``(min, max)`` of integer labels given as host data (lists, NumPy arrays); None for
+    arrays of an array library, which are never read back: on a GPU (or any device) that
+    would stall it, and a training step must not (DESIGN.md, principle 8)."""
+    if _is_array_api_array(y) and not isinstance(y, (np.ndarray, np.generic)):
         return None
+    a = np.asarray(y)
     if a.size == 0 or a.dtype.kind not in "iu":
         return None
     return int(a.min()), int(a.max())
