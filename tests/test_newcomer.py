@@ -4,7 +4,6 @@ help, progress output off a terminal, offline MNIST, the examples and the bench 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
