@@ -28,7 +28,9 @@ nox.options.reuse_existing_virtualenvs = True
 # torch>=2.1 is what portanet needs. CI pins the CPU wheel that lies on its disk,
 # so that the matrix does not pull a multi-GB CUDA build; override it at will.
 TORCH_SPEC = os.environ.get("PORTANET_TORCH_SPEC", "torch==2.13.0")
-CUPY_EXTRA = os.environ.get("PORTANET_CUPY_EXTRA", "cuda12")
+# cupy-cuda13x pairs with current NVIDIA drivers (R580 and newer); set
+# PORTANET_CUPY_EXTRA=cuda12 where the driver is older (R525 and newer).
+CUPY_EXTRA = os.environ.get("PORTANET_CUPY_EXTRA", "cuda13")
 REQUIRE_BACKEND = os.environ.get("PORTANET_TEST_REQUIRE_BACKEND", "") not in ("", "0")
 
 
