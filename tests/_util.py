@@ -33,6 +33,17 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_session_backend() -> None:
+    """Skip (or fail, as :func:`skip_or_fail`) unless the session's backend loads here:
+    for tests that run it in a subprocess rather than through the ``xp`` fixture."""
+    from portanet.backend import get_namespace
+
+    try:
+        get_namespace(BACKEND)
+    except (ImportError, RuntimeError) as exc:  # not installed; CuPy without a GPU
+        skip_or_fail(str(exc))
+
+
 def needs_real_cuda(what: str) -> None:
     """For a test that needs a real GPU (torch CUDA tensors, device pointers, DLPack
     between libraries): skip under the CuPy stand-in, else :func:`skip_or_fail`."""

@@ -1,4 +1,4 @@
-"""The README's Python snippets run as written (on the session's CPU backend)."""
+"""The README's Python snippets run as written (the quickstart on the session's backend)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from _util import require_session_backend
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BACKEND = os.environ.get("PORTANET_TEST_BACKEND", "numpy")
@@ -18,8 +19,8 @@ def _blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-@pytest.mark.skipif(BACKEND == "cupy", reason="the quickstart is checked on CPU backends")
 def test_quickstart_trains_the_and_gate(tmp_path):
+    require_session_backend()
     code = _blocks()[0].replace('backend="numpy"', f'backend="{BACKEND}"')
     script = tmp_path / "quickstart.py"
     script.write_text(code)
