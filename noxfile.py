@@ -112,8 +112,10 @@ def tests_cupy_emulated(session: nox.Session) -> None:
     streams and asynchrony, several GPUs, or speed. Tests that need real CUDA (torch
     CUDA tensors, DLPack between libraries on the device) skip, saying so.
     """
-    session.install(TORCH_SPEC)  # torch CPU tensors into CuPy networks: the host path
-    _pytest(session, "cupy", "torch", env={"PORTANET_TEST_CUPY": "emulated"})
+    # torch CPU tensors and JAX arrays into CuPy networks: the host path, and the
+    # interop tests that need those libraries, so that only real-CUDA tests skip.
+    session.install(TORCH_SPEC)
+    _pytest(session, "cupy", "torch", "jax", env={"PORTANET_TEST_CUPY": "emulated"})
 
 
 @nox.session
