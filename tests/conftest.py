@@ -67,6 +67,8 @@ def pytest_configure(config: pytest.Config) -> None:
             xp, device = _load(STRICT_DEVICES[0] if BACKEND == "array_api_strict" else None)
         except pytest.fail.Exception as exc:
             raise pytest.UsageError(str(exc)) from None
+        except ValueError as exc:  # an unknown backend name
+            raise pytest.UsageError(f"PORTANET_TEST_BACKEND={BACKEND!r}: {exc}") from None
         try:  # the device computes: a sum that comes back to the host
             total = float(to_numpy(xp.sum(xp.ones(4, dtype=xp.float32, device=device))))
         except Exception as exc:
@@ -90,7 +92,7 @@ def _load(device_name: str | None):
     try:
         xp = B.get_namespace(BACKEND)
     except ImportError as exc:
-        skip_or_fail(f"backend {BACKEND!r} is not installed: {exc}")
+        skip_or_fail(str(exc))  # "backend ... is not installed; install it with ..."
     except RuntimeError as exc:  # cupy without a GPU or a working driver: the CUDA error
         skip_or_fail(str(exc))
     if BACKEND == "array_api_strict":
