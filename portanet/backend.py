@@ -53,7 +53,7 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
 _default_backend: str | None = None
 
 #: How to install CuPy: the wheel must match the CUDA major version that the driver runs.
-CUPY_INSTALL_HINT = ('pip install "portanet[cuda13]" (NVIDIA driver R580 or newer), or '
+_CUPY_INSTALL_HINT = ('pip install "portanet[cuda13]" (NVIDIA driver R580 or newer), or '
                      '"portanet[cuda12]" for an older driver (R525 or newer)')
 
 
@@ -74,7 +74,7 @@ def _import_backend(name: str) -> ModuleType:
     except ImportError as exc:
         hint = f'pip install "portanet[{extra}]"' if extra else "pip install numpy"
         if name == "cupy":
-            hint = CUPY_INSTALL_HINT
+            hint = _CUPY_INSTALL_HINT
         raise ImportError(f"backend {name!r} is not installed; install it with {hint}") from exc
     if name == "cupy":
         _check_cuda(module)
