@@ -1,7 +1,9 @@
 """The test matrix: one pytest session per backend, plus lint (and bench on demand).
 
 ``pip install nox && nox`` runs every test session and lint. The cupy session
-skips, before installing anything, where no CUDA GPU is found.
+skips, before installing anything, where no CUDA GPU is found (and fails instead
+under ``PORTANET_TEST_REQUIRE_BACKEND=1``); ``tests-cupy-emulated`` runs the cupy
+backend's tests on the CuPy stand-in of ``tests/_fake_cupy``, everywhere.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ nox.options.sessions = [
     "tests-torch",
     "tests-jax",
     "tests-cupy",
+    "tests-cupy-emulated",
     "tests-mpi",
     "lint",
 ]
@@ -26,14 +29,18 @@ nox.options.reuse_existing_virtualenvs = True
 # torch>=2.1 is what portanet needs. CI pins the CPU wheel that lies on its disk,
 # so that the matrix does not pull a multi-GB CUDA build; override it at will.
 TORCH_SPEC = os.environ.get("PORTANET_TORCH_SPEC", "torch==2.13.0")
-CUPY_EXTRA = os.environ.get("PORTANET_CUPY_EXTRA", "cuda12")
+# cupy-cuda13x pairs with current NVIDIA drivers (R580 and newer); set
+# PORTANET_CUPY_EXTRA=cuda12 where the driver is older (R525 and newer).
+CUPY_EXTRA = os.environ.get("PORTANET_CUPY_EXTRA", "cuda13")
+REQUIRE_BACKEND = os.environ.get("PORTANET_TEST_REQUIRE_BACKEND", "") not in ("", "0")
 
 
-def _pytest(session: nox.Session, backend: str, *extras: str) -> None:
+def _pytest(session: nox.Session, backend: str, *extras: str, env: dict | None = None) -> None:
     session.install("-e", f".[{','.join(('test', 'datasets', 'plot') + extras)}]")
     # One BLAS/OpenMP thread: on a small shared CI machine torch's thread pool and
     # OpenBLAS slow each other down badly, and the tests time nothing.
-    env = {"PORTANET_TEST_BACKEND": backend, "JAX_ENABLE_X64": "1", "OMP_NUM_THREADS": "1"}
+    env = {"PORTANET_TEST_BACKEND": backend, "JAX_ENABLE_X64": "1", "OMP_NUM_THREADS": "1",
+           **(env or {})}
     # Exit code 5 means pytest collected nothing: say so rather than fail, so a
     # backend whose tests all skip is visible without breaking the matrix.
     code = session.run("pytest", "-q", *session.posargs, env=env, success_codes=[0, 5])
@@ -77,12 +84,39 @@ def _cuda_gpu_found() -> bool:
 
 @nox.session(name="tests-cupy")
 def tests_cupy(session: nox.Session) -> None:
-    """Skips (before installing anything) where no CUDA GPU is found."""
+    """The real CuPy on a CUDA GPU. Skips (before installing anything) where no GPU is
+    found, or fails there under ``PORTANET_TEST_REQUIRE_BACKEND=1``, which pytest then
+    also sees: a missing or broken GPU fails the session instead of skipping its tests."""
     if not _cuda_gpu_found():
-        session.skip("no CUDA GPU found (nvidia-smi -L lists none): skipping the cupy tests")
+        message = "no CUDA GPU found (nvidia-smi -L lists none)"
+        if REQUIRE_BACKEND:
+            session.error(f"PORTANET_TEST_REQUIRE_BACKEND=1: {message}")
+        session.skip(f"{message}: skipping the cupy tests")
     # Torch too, for the cupy <-> torch interop and torch-CUDA reference checks.
     session.install(TORCH_SPEC)
     _pytest(session, "cupy", CUPY_EXTRA, "torch")
+
+
+@nox.session(name="tests-cupy-emulated")
+def tests_cupy_emulated(session: nox.Session) -> None:
+    """The whole suite on the cupy backend, run on the CuPy stand-in (tests/_fake_cupy).
+
+    CuPy is not installed: ``PORTANET_TEST_CUPY=emulated`` puts a NumPy-backed ``cupy``
+    module on the path that keeps CuPy's rules at the host boundary (and the tests
+    refuse to run where a real CuPy is installed).
+
+    What it proves: host-boundary and synchronization discipline (no implicit
+    conversion, no host array in a device operation, no host read, boolean mask or
+    data-dependent shape inside ``train_step`` under ``cupyx.allow_synchronize(False)``),
+    and that the CuPy code paths of portanet, array-api-compat and array-api-extra run.
+    What it does not: GPU arithmetic (the numbers are NumPy's), kernels, device memory,
+    streams and asynchrony, several GPUs, or speed. Tests that need real CUDA (torch
+    CUDA tensors, DLPack between libraries on the device) skip, saying so.
+    """
+    # torch CPU tensors and JAX arrays into CuPy networks: the host path, and the
+    # interop tests that need those libraries, so that only real-CUDA tests skip.
+    session.install(TORCH_SPEC)
+    _pytest(session, "cupy", "torch", "jax", env={"PORTANET_TEST_CUPY": "emulated"})
 
 
 @nox.session(name="tests-mpi")

@@ -9,9 +9,13 @@ CPU and on every GPU they see; CuPy only where a GPU exists. JAX gets x64.
 
 The table goes to stdout; with ``--write`` also to ``agreement.md`` and
 ``agreement.json`` in ``--out`` (``bench/results``, whose files are tracked: they are
-rewritten only when asked)::
+rewritten only when asked). Written, they are rewritten after every row, so that a run
+cut short (``timeout``) leaves the rows it finished::
 
-    python bench/agreement.py [--steps 100] [--seed 0] [--write [--out bench/results]]
+    python bench/agreement.py [--steps 100] [--seed 0] [--device cuda] [--write [--out DIR]]
+
+``--device cuda`` runs only the configurations on a GPU (CuPy, torch ``cuda:N``,
+JAX GPUs), against the NumPy reference, as ``bench/gpu_check.sh`` does.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +43,11 @@ from portanet.testing import AGREEMENT_RTOL, compare_runs, train_reference_run
 DTYPES = ("float64", "float32")
 
 
-def configurations() -> list[tuple[str, str, Any, tuple[str, ...]]]:
-    """``(backend, device label, device, dtypes)`` for every installed backend and device."""
+def configurations(gpu_only: bool = False) -> list[tuple[str, str, Any, tuple[str, ...]]]:
+    """``(backend, device label, device, dtypes)`` for every installed backend and device
+    (only those on a GPU with ``gpu_only``)."""
+    if gpu_only:
+        return [c for c in configurations() if c[1].startswith(("cuda", "gpu"))]
     out = []
     for info in available_backends():
         if not info.installed:
@@ -86,11 +94,13 @@ def versions() -> dict[str, str]:
     return found
 
 
-def run_all(steps: int, seed: int) -> list[dict[str, Any]]:
+def run_all(steps: int, seed: int, gpu_only: bool = False,
+            on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """Every configuration's row; ``on_row(rows)`` after each one (to write as it goes)."""
     references = {dt: train_reference_run("numpy", None, dt, steps=steps, seed=seed)
                   for dt in DTYPES}
-    rows = []
-    for backend, label, device, dtypes in configurations():
+    rows: list[dict[str, Any]] = []
+    for backend, label, device, dtypes in configurations(gpu_only):
         for dtype in dtypes:
             row: dict[str, Any] = {"backend": backend, "device": label, "dtype": dtype,
                                    "tolerance": AGREEMENT_RTOL[dtype]}
@@ -109,6 +119,8 @@ def run_all(steps: int, seed: int) -> list[dict[str, Any]]:
             print(f"  {backend:17s} {label:11s} {dtype}: "
                   + (row.get("error") or f"losses {row['losses']:.2e}, weights {row['weights']:.2e}"),
                   file=sys.stderr)
+            if on_row is not None:
+                on_row(rows)
     return rows
 
 
@@ -146,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write agreement.md and agreement.json into --out")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
                         help="where --write writes (default: bench/results)")
+    parser.add_argument("--device", choices=("all", "cuda"), default="all",
+                        help="cuda: only the configurations on a GPU (default: all)")
     args = parser.parse_args(argv)
 
     meta = {
@@ -154,15 +168,28 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "versions": versions(),
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+        "complete": False,  # true once every configuration has its row
     }
-    rows = run_all(args.steps, args.seed)
-    table = markdown(rows, meta)
-    print(table)
     if args.write:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "agreement.md").write_text(table)
-        (args.out / "agreement.json").write_text(json.dumps({**meta, "rows": rows}, indent=2)
-                                                 + "\n")
+
+    def write(rows: list[dict[str, Any]]) -> str:
+        table = markdown(rows, meta)
+        if not meta["complete"]:
+            table += "\n(incomplete: the run was still going, or was stopped, after these rows)\n"
+        if args.write:
+            (args.out / "agreement.md").write_text(table)
+            (args.out / "agreement.json").write_text(json.dumps({**meta, "rows": rows}, indent=2)
+                                                     + "\n")
+        return table
+
+    write([])
+    rows = run_all(args.steps, args.seed, gpu_only=args.device == "cuda", on_row=write)
+    meta["complete"] = True
+    print(write(rows))
+    if not rows:
+        print(f"no configuration to run (--device {args.device})", file=sys.stderr)
+        return 1
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -16,9 +16,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DEST=.whl
 
-# name==version; the GPU machine's image has numpy, cupy, torch and pytest.
+# name==version; the GPU machine's image has numpy, cupy, torch and pytest (and, as
+# last read, tqdm, hypothesis, attrs and sortedcontainers: gpu_check.sh installs only
+# the carried wheels whose distribution is missing there).
 WHEELS=(
   "array-api-compat==${ARRAY_API_COMPAT_VERSION:-1.16.0}"
+  "array-api-extra==${ARRAY_API_EXTRA_VERSION:-0.11.5}"     # portanet's pad and at
   "array-api-strict==${ARRAY_API_STRICT_VERSION:-2.6.1}"
   "tqdm==${TQDM_VERSION:-4.70.1}"
   "hypothesis==${HYPOTHESIS_VERSION:-6.170.17}"

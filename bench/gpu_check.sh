@@ -1,33 +1,55 @@
 #!/usr/bin/env bash
-# One GPU check for a lent NVIDIA machine (an H200 with CuPy, NumPy, PyTorch and
-# pytest, but without array-api-compat or array-api-strict): install the carried
-# wheels, record the GPU and versions, run the test suite on CuPy, then the GPU
-# training-step benchmark and, if present, bench/agreement.py.
+# One GPU check for a lent NVIDIA machine (an H200 with CuPy, NumPy, PyTorch, JAX and
+# pytest, but without array-api-compat, array-api-extra or array-api-strict): install
+# the carried wheels, prove that CuPy computes on the GPU (or stop at once, with CUDA's
+# error in one line), record the GPU and versions, check DLPack between torch CUDA and
+# CuPy, run the test suite on CuPy, then the GPU training-step benchmark and the
+# backend agreement on the GPU.
 #
 #   bash bench/fetch_gpu_wheels.sh           # here, once: fills .whl/ (git-ignored)
 #   bash bench/gpu_check.sh [DEST]           # there, with carry: [".whl"]
 #
 # Everything goes to DEST (default: $OUT, else bench/results/gpu-check): summary.txt
-# (one line per phase: exit code and seconds), gpu_check.log (all output) and
-# bench/ (results.json, results.md, train_step.png). The device tool returns at
-# most 8 files, so keep it to that.
+# (one line per phase: exit code and seconds), gpu_check.log (all output), junit.xml
+# (the tests, with their times), bench/ (results.json, results.md, train_step.png) and
+# agreement/ (agreement.md, agreement.json, rewritten after every row). The device
+# tool returns at most 8 files, so keep it to that.
+#
+# It cannot pass on a broken GPU: the device phase fails (and the script stops) when
+# CuPy cannot compute on a GPU, a failing nvidia-smi fails it, the tests run under
+# PORTANET_TEST_REQUIRE_BACKEND=1 (a missing backend or device fails, never skips),
+# and the interop phase fails where torch has no CUDA.
 #
 # Each phase runs under `timeout`, within a total of TOTAL_S seconds (default 450,
 # under 8 minutes): a phase gets its own limit or what is left, whichever is
-# smaller. A failing phase does not stop the next one; the script exits 1 at the
-# end if any phase failed or was not run. Exit codes 124/137 in the summary mean
-# the phase ran out of time.
+# smaller. A failing phase does not stop the next one (except the device phase); the
+# script exits 1 at the end if any phase failed or was not run. Exit codes 124/137 in
+# the summary mean the phase ran out of time.
 #
-# Knobs (environment): TOTAL_S, TESTS_S (240), BENCH_S (150), AGREEMENT_S (45),
-# BENCH_FRAMEWORKS (portanet-cupy,torch), BENCH_ARGS (extra train_step.py options),
-# AGREEMENT_ARGS (options for bench/agreement.py; default: --device cuda / --out
-# when its --help lists them), PYTHON (python3).
+# A rehearsal without a GPU: PORTANET_TEST_CUPY=emulated runs the same phases on the
+# CuPy stand-in of tests/_fake_cupy (refused where a real CuPy is installed), skips
+# nvidia-smi and the interop phase, and benchmarks portanet-cupy alone on two small
+# networks. It proves that the script and the CuPy code paths run; it says nothing
+# about a GPU, and its summary says so.
+#
+# Knobs (environment): TOTAL_S, TESTS_S (240), INTEROP_S (60), BENCH_S (150),
+# AGREEMENT_S (90), PYTEST_ARGS (extra pytest options, e.g. "-n 4" with
+# pytest-xdist), BENCH_FRAMEWORKS (portanet-cupy,torch), BENCH_CONFIGS (all),
+# BENCH_ARGS (extra train_step.py options), AGREEMENT_ARGS (default: --device cuda
+# --out DEST/agreement), PYTHON (python3).
 set -u
 cd "$(dirname "$0")/.." || exit 2
 REPO=$PWD
 SELF=$REPO/bench/gpu_check.sh
 PY=${PYTHON:-python3}
 TOTAL_S=${TOTAL_S:-450}
+EMULATED=0
+[ "${PORTANET_TEST_CUPY:-}" = emulated ] && EMULATED=1
+export EMULATED
+# JAX on the image would take 75% of the GPU's memory in every process that imports it
+# (the tests, the agreement run), leaving CuPy and torch the rest.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+export PYTHONUNBUFFERED=1
 
 log() { printf '%s\n' "$*" >>"$LOG"; }
 
@@ -51,6 +73,8 @@ phase() {
   [ "$rc" -eq 0 ] || FAILED=1
   return 0
 }
+
+skipped() { printf '%-10s rc=%-4s %5ss  %s\n' "$1" "-" 0 "$2" >>"$SUMMARY"; }
 
 # --- the phases' functions ----------------------------------------------------------
 missing_wheels() {
@@ -85,31 +109,85 @@ install_wheels() {
 }
 
 check_imports() {
-  local rc=0 mod
-  for mod in numpy cupy torch array_api_compat array_api_strict tqdm hypothesis pytest portanet; do
-    if "$PY" -c "import $mod" >/dev/null 2>&1; then
-      echo "import $mod: ok"
-    else
-      case $mod in
-        numpy | cupy | torch | pytest) echo "import $mod: MISSING (the machine's image should have it)" ;;
-        portanet) echo "import $mod: MISSING (run from the repository root; PYTHONPATH=$PYTHONPATH)" ;;
-        *) echo "import $mod: MISSING (fetch its wheel here with bench/fetch_gpu_wheels.sh and pass carry: [\".whl\"])" ;;
-      esac
-      rc=1
-    fi
-  done
+  # One interpreter for all: each import is reported, the missing ones with their remedy.
+  "$PY" - <<'PYEOF'
+import importlib, os, sys
+image = {"numpy", "cupy", "torch", "pytest"}
+rc = 0
+for mod in ("numpy", "cupy", "torch", "array_api_compat", "array_api_extra", "array_api_strict",
+            "tqdm", "hypothesis", "pytest", "portanet"):
+    try:
+        m = importlib.import_module(mod)
+    except Exception as exc:
+        rc = 1
+        if mod in image:
+            why = "the machine's image should have it"
+        elif mod == "portanet":
+            why = f"run from the repository root; PYTHONPATH={os.environ.get('PYTHONPATH')}"
+        else:
+            why = 'fetch its wheel here with bench/fetch_gpu_wheels.sh and pass carry: [".whl"]'
+        print(f"import {mod}: MISSING ({type(exc).__name__}: {exc}; {why})")
+    else:
+        note = " (the CuPy stand-in)" if getattr(m, "__portanet_emulated__", False) else ""
+        print(f"import {mod}: ok {getattr(m, '__version__', '')}{note}")
+sys.exit(rc)
+PYEOF
+}
+
+device_check() {
+  # nvidia-smi must list a GPU, and CuPy must compute on it; torch must see CUDA.
+  local rc=0 out
+  if [ "$EMULATED" = 1 ]; then
+    echo "nvidia-smi: not asked (a rehearsal on the CuPy stand-in)"
+  elif ! command -v nvidia-smi >/dev/null 2>&1; then
+    echo "nvidia-smi: not found"
+    rc=1
+  elif ! out=$(nvidia-smi -L 2>&1) || ! grep -q '^GPU' <<<"$out"; then
+    echo "nvidia-smi -L failed or listed no GPU: $(tr '\n' ' ' <<<"$out")"
+    rc=1
+  else
+    echo "$out"
+  fi
+  "$PY" - <<'PYEOF' || rc=$?
+import os, sys
+try:
+    import portanet.backend as B
+
+    xp = B.get_namespace("cupy")  # raises with CUDA's own error where CuPy has no GPU
+    dev = B.resolve_device(xp, "cuda:0")
+    total = float(B.to_numpy(xp.sum(xp.ones(1024, dtype=xp.float32, device=dev))))
+    if total != 1024.0:
+        raise RuntimeError(f"1024 ones summed to {total} on {dev}")
+    print(f"cupy: computes on {dev}")
+except Exception as exc:
+    print(f"CUPY CANNOT COMPUTE ON A GPU: {type(exc).__name__}: {exc}".replace("\n", " "))
+    sys.exit(3)
+try:
+    import torch
+
+    ok = torch.cuda.is_available()
+    print(f"torch {torch.__version__}: CUDA {'available' if ok else 'NOT available'}")
+except Exception as exc:
+    ok = False
+    print(f"torch: {type(exc).__name__}: {exc}")
+sys.exit(0 if ok or os.environ.get("EMULATED") == "1" else 1)
+PYEOF
   return $rc
 }
 
-
 info() {
-  nvidia-smi
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-  "$PY" - <<'PYEOF'
+  local rc=0
+  if [ "$EMULATED" = 1 ]; then
+    echo "nvidia-smi: not asked (a rehearsal on the CuPy stand-in)"
+  else
+    nvidia-smi || rc=1
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || rc=1
+  fi
+  "$PY" - <<'PYEOF' || rc=1
 import platform, sys
 print("python", sys.version.split()[0], sys.executable, platform.platform())
-for name in ("numpy", "cupy", "torch", "jax", "array_api_compat", "array_api_strict",
-             "hypothesis", "pytest"):
+for name in ("numpy", "cupy", "torch", "jax", "array_api_compat", "array_api_extra",
+             "array_api_strict", "hypothesis", "pytest"):
     try:
         mod = __import__(name)
         print(f"{name} {getattr(mod, '__version__', '?')}")
@@ -128,12 +206,14 @@ import portanet
 for b in portanet.available_backends():
     print("portanet backend", b)
 PYEOF
+  return $rc
 }
 # The phases above run as `bash gpu_check.sh --phase NAME`, each under its own limit.
 if [ "${1:-}" = "--phase" ]; then
   case ${2:-} in
     install) install_wheels ;;
     imports) check_imports ;;
+    device) device_check ;;
     info) info ;;
     *) echo "unknown phase ${2:-}" >&2; exit 2 ;;
   esac
@@ -148,55 +228,91 @@ SUMMARY=$DEST/summary.txt
 START=$(date +%s)
 FAILED=0
 : >"$LOG"
-printf 'gpu_check %s  repo %s  git %s\n' "$(date -u +%FT%TZ)" "$REPO" \
-  "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" >"$SUMMARY"
+printf 'gpu_check %s  repo %s  git %s%s\n' "$(date -u +%FT%TZ)" "$REPO" \
+  "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
+  "$([ "$EMULATED" = 1 ] && echo '  REHEARSAL ON THE CUPY STAND-IN: NOT A GPU CHECK')" >"$SUMMARY"
+
+finish() {
+  printf 'total %ss of %ss; %s\n' "$(($(date +%s) - START))" "$TOTAL_S" \
+    "$([ "$FAILED" = 0 ] && echo 'every phase passed' || echo 'SOME PHASE FAILED')$(
+      [ "$EMULATED" = 1 ] && echo ' (a rehearsal on the CuPy stand-in: no GPU was checked)')" \
+    >>"$SUMMARY"
+  cat "$SUMMARY"
+  exit "$FAILED"
+}
 
 # --- 1. install what the machine lacks from the carried wheels ---------------------
 phase install 60 bash "$SELF" --phase install
 export PYTHONPATH=/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}
+if [ "$EMULATED" = 1 ]; then
+  real=$("$PY" -c 'import importlib.util as u; s = u.find_spec("cupy"); print(s.origin if s else "")' \
+    2>/dev/null)
+  case $real in
+    "" | "$REPO"/tests/_fake_cupy/*) export PYTHONPATH=$REPO/tests/_fake_cupy:$PYTHONPATH ;;
+    *)
+      echo "PORTANET_TEST_CUPY=emulated, but a real CuPy is installed ($real): the stand-in" \
+        "never shadows it; run without PORTANET_TEST_CUPY" | tee -a "$SUMMARY"
+      FAILED=1
+      finish
+      ;;
+  esac
+fi
 phase imports 60 bash "$SELF" --phase imports
 grep 'MISSING' "$LOG" | sed 's/^/  /' >>"$SUMMARY"
 
-# --- 2. the machine and the versions ------------------------------------------------
+# --- 2. CuPy computes on a GPU, or nothing else is worth the machine's minutes -------
+phase device 60 bash "$SELF" --phase device
+if grep -q '^CUPY CANNOT COMPUTE ON A GPU' "$LOG"; then
+  grep -E '^(nvidia-smi|CUPY CANNOT COMPUTE ON A GPU)' "$LOG" | sed 's/^/  /' >>"$SUMMARY"
+  FAILED=1
+  finish
+fi
+grep -E '^(nvidia-smi|torch .*NOT available|torch:)' "$LOG" | sed 's/^/  /' >>"$SUMMARY"
+
+# --- 3. the machine and the versions ------------------------------------------------
 phase info 60 bash "$SELF" --phase info
 
-# --- 3. the test suite on CuPy ------------------------------------------------------
-PYTEST_EXTRA=()
-if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then
-  PYTEST_EXTRA=(--timeout=120)  # one hung test must not eat the whole phase
+# --- 4. DLPack between torch CUDA and CuPy: shared memory, not a host copy ----------
+if [ "$EMULATED" = 1 ]; then
+  skipped interop "needs a real GPU (torch CUDA tensors): not run in a rehearsal"
+else
+  phase interop "${INTEROP_S:-60}" "$PY" bench/gpu_interop.py
+  grep '^interop:' "$LOG" | sed 's/^/  /' >>"$SUMMARY"
 fi
-phase tests "${TESTS_S:-240}" env PORTANET_TEST_BACKEND=cupy JAX_ENABLE_X64=1 \
-  "$PY" -m pytest -q -p no:cacheprovider "${PYTEST_EXTRA[@]}" tests
-tail -n 3 "$LOG" | sed 's/^/  pytest: /' >>"$SUMMARY"
 
-# --- 4. the GPU training-step benchmark ---------------------------------------------
+# --- 5. the test suite on CuPy --------------------------------------------------------
+PYTEST_EXTRA=(-p no:cacheprovider --durations=25 --junitxml="$DEST/junit.xml")
+if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then
+  PYTEST_EXTRA+=(--timeout=120)  # one hung test must not eat the whole phase
+fi
+# shellcheck disable=SC2086
+phase tests "${TESTS_S:-240}" env PORTANET_TEST_BACKEND=cupy PORTANET_TEST_REQUIRE_BACKEND=1 \
+  JAX_ENABLE_X64=1 "$PY" -m pytest -q "${PYTEST_EXTRA[@]}" ${PYTEST_ARGS:-} tests
+grep -E '(passed|failed|error|no tests ran)' "$LOG" | tail -n 1 | sed 's/^/  pytest: /' >>"$SUMMARY"
+grep -E '^ERROR: PORTANET_TEST_REQUIRE_BACKEND' "$LOG" | tail -n 1 | sed 's/^/  /' >>"$SUMMARY"
+
+# --- 6. the GPU training-step benchmark ---------------------------------------------
 # Rounds go round-robin over all configs, and the script writes what it has on
 # SIGTERM, so a run cut short by its limit still leaves every config measured once.
+frameworks=${BENCH_FRAMEWORKS:-portanet-cupy,torch}
+configs=${BENCH_CONFIGS:-all}
+if [ "$EMULATED" = 1 ]; then  # no torch CUDA; the stand-in's timings are NumPy's
+  frameworks=${BENCH_FRAMEWORKS:-portanet-cupy}
+  configs=${BENCH_CONFIGS:-tiny,mnist}
+fi
 # shellcheck disable=SC2086
 phase bench "${BENCH_S:-150}" "$PY" bench/train_step.py --device cuda \
-  --frameworks "${BENCH_FRAMEWORKS:-portanet-cupy,torch}" --configs all --dtypes float32 \
+  --frameworks "$frameworks" --configs "$configs" --dtypes float32 \
   --rounds 2 --budget 0.5 --out "$DEST/bench" ${BENCH_ARGS:-}
 
-# --- 5. backend agreement, if that script exists ------------------------------------
-if [ -f bench/agreement.py ]; then
-  if [ -z "${AGREEMENT_ARGS+x}" ]; then
-    help=$(timeout 60 "$PY" bench/agreement.py --help 2>&1 || true)
-    AGREEMENT_ARGS=""
-    case $help in *--device*) AGREEMENT_ARGS="$AGREEMENT_ARGS --device cuda" ;; esac
-    case $help in *--out*) AGREEMENT_ARGS="$AGREEMENT_ARGS --out $DEST/agreement" ;; esac
-  fi
-  # shellcheck disable=SC2086
-  phase agreement "${AGREEMENT_S:-45}" "$PY" bench/agreement.py $AGREEMENT_ARGS
-else
-  printf '%-10s rc=%-4s %5ss  bench/agreement.py not present\n' agreement - 0 >>"$SUMMARY"
-fi
+# --- 7. backend agreement on the GPU, written row by row ----------------------------
+agreement_args=${AGREEMENT_ARGS:-"--device cuda --write --out $DEST/agreement"}
+# shellcheck disable=SC2086
+phase agreement "${AGREEMENT_S:-90}" "$PY" bench/agreement.py $agreement_args
 
 # --- the end ------------------------------------------------------------------------
 # The device tool brings back at most 8 files: pack the agreement outputs if too many.
 if [ "$(find "$DEST" -type f | wc -l)" -gt 8 ] && [ -d "$DEST/agreement" ]; then
   tar -C "$DEST" -czf "$DEST/agreement.tar.gz" agreement && rm -rf "$DEST/agreement"
 fi
-printf 'total %ss of %ss; %s\n' "$(($(date +%s) - START))" "$TOTAL_S" \
-  "$([ "$FAILED" = 0 ] && echo 'every phase passed' || echo 'SOME PHASE FAILED')" >>"$SUMMARY"
-cat "$SUMMARY"
-exit "$FAILED"
+finish

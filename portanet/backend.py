@@ -44,13 +44,17 @@ __all__ = [
 # name -> (module to import, pip extra that installs it)
 BACKENDS: dict[str, tuple[str, str | None]] = {
     "numpy": ("numpy", None),
-    "cupy": ("cupy", "cuda12"),
+    "cupy": ("cupy", "cuda13"),
     "torch": ("torch", "torch"),
     "jax": ("jax.numpy", "jax"),
     "array_api_strict": ("array_api_strict", "strict"),
 }
 
 _default_backend: str | None = None
+
+#: How to install CuPy: the wheel must match the CUDA major version that the driver runs.
+_CUPY_INSTALL_HINT = ('pip install "portanet[cuda13]" (NVIDIA driver R580 or newer), or '
+                     '"portanet[cuda12]" for an older driver (R525 or newer)')
 
 
 # ---------------------------------------------------------------- names ----
@@ -70,20 +74,31 @@ def _import_backend(name: str) -> ModuleType:
     except ImportError as exc:
         hint = f'pip install "portanet[{extra}]"' if extra else "pip install numpy"
         if name == "cupy":
-            hint = 'pip install "portanet[cuda12]" (or "portanet[cuda13]")'
+            hint = _CUPY_INSTALL_HINT
         raise ImportError(f"backend {name!r} is not installed; install it with {hint}") from exc
-    if name == "cupy" and not _cuda_device_count(module):
-        raise RuntimeError(
-            "backend 'cupy' is installed but no GPU was found: CuPy needs a CUDA device"
-        )
+    if name == "cupy":
+        _check_cuda(module)
     return module
 
 
-def _cuda_device_count(cupy: ModuleType) -> int:
+def _cuda_device_count(cupy: ModuleType) -> tuple[int, str]:
+    """The number of CUDA devices CuPy sees, and CUDA's error where it sees none."""
     try:
-        return int(cupy.cuda.runtime.getDeviceCount())
-    except Exception:  # no driver, no device, or a broken CUDA install
-        return 0
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as exc:  # no driver, an old driver, no device, or a broken install
+        return 0, f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return count, "" if count else "CUDA reports 0 devices"
+
+
+def _check_cuda(cupy: ModuleType) -> None:
+    """Raise ``RuntimeError`` with CUDA's own error unless CuPy sees a GPU."""
+    count, error = _cuda_device_count(cupy)
+    if not count:
+        raise RuntimeError(
+            f"backend 'cupy' is installed but no GPU was found ({error}): CuPy needs an "
+            "NVIDIA GPU and a driver that runs its CUDA version (cupy-cuda13x: driver R580 "
+            "or newer; cupy-cuda12x: R525 or newer)"
+        )
 
 
 def set_backend(name: str) -> None:
@@ -135,10 +150,8 @@ def get_namespace(backend: str | ModuleType | None = None) -> ModuleType:
             f"backend must be a name or a namespace module, got {type(backend).__name__}"
         )
     name = backend_name(module)
-    if name == "cupy" and not _cuda_device_count(importlib.import_module("cupy")):
-        raise RuntimeError(
-            "backend 'cupy' is installed but no GPU was found: CuPy needs a CUDA device"
-        )
+    if name == "cupy":
+        _check_cuda(importlib.import_module("cupy"))
     return _compat_namespace(name, module)
 
 
@@ -186,9 +199,9 @@ def resolve_device(xp: ModuleType, device: Any = None) -> Any:
             import jax
 
             default = jax.devices()[0]
-        return default
+        return _torch_indexed(default) if name == "torch" else default
     if name == "torch":  # torch lists exotic device types; any torch.device is fine
-        return device
+        return _torch_indexed(device)
     known = _devices(xp)
     if known and device not in known:
         raise ValueError(f"device {device!r} is not a device of backend {name!r}; it has {known}")
@@ -220,7 +233,7 @@ def _device_from_string(name: str, xp: ModuleType, spec: str) -> Any:
 
         if kind == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {spec!r} asked for, but torch found no CUDA GPU")
-        return torch.device(spec)
+        return _torch_indexed(torch.device(spec))
     if name == "jax":
         import jax
 
@@ -234,7 +247,24 @@ def _device_from_string(name: str, xp: ModuleType, spec: str) -> Any:
 
     if kind == "cpu":
         raise ValueError("backend 'cupy' runs on CUDA GPUs only; got device 'cpu'")
-    return _pick([cupy.cuda.Device(i) for i in range(_cuda_device_count(cupy))], index, spec)
+    return _pick([cupy.cuda.Device(i) for i in range(_cuda_device_count(cupy)[0])], index, spec)
+
+
+def _torch_indexed(device: Any) -> Any:
+    """``torch.device("cuda")`` as the indexed device its tensors report (``cuda:0``).
+
+    A tensor's device always has an index, and ``torch.device("cuda") != cuda:0``: an
+    unindexed device would make every check of "already on the network's device" fail,
+    and send DLPack imports from CuPy through the host.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {str(device)!r} asked for, but torch found no CUDA GPU")
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _pick(devices: Sequence[Any], index: int, spec: str) -> Any:
@@ -512,11 +542,11 @@ def _inspect(name: str) -> BackendInfo:
     info.version = getattr(module, "__version__", None)
     try:
         if name == "cupy":
-            count = _cuda_device_count(module)
+            count, error = _cuda_device_count(module)
             info.devices = [f"cuda:{i}" for i in range(count)]
             info.gpu = count > 0
             if not count:
-                info.note = "no GPU found"
+                info.note = f"no GPU found: {error}"
         elif name == "torch":
             info.devices = ["cpu"] + [f"cuda:{i}" for i in range(module.cuda.device_count())]
             info.gpu = module.cuda.is_available()

@@ -148,7 +148,11 @@ class MSE(Loss):
 
 @REGISTRY.register("mae")
 class MAE(Loss):
-    """Mean absolute error, as ``torch.nn.L1Loss()``: ``dL/dp = sign(p - t) / n``."""
+    """Mean absolute error, as ``torch.nn.L1Loss()``: ``dL/dp = sign(p - t) / n``.
+
+    ``sign`` is written out, ``(d > 0) - (d < 0)`` with NaN kept: array-api-compat's
+    ``sign`` for CuPy restores NaNs through a boolean mask, which syncs with the host.
+    """
 
     def __init__(self) -> None:
         super().__init__(self._f, self._df, name="mae")
@@ -161,7 +165,10 @@ class MAE(Loss):
     @staticmethod
     def _df(pred: Array, target: Array) -> Array:
         xp = namespace_of(pred)
-        return xp.sign(pred - target) / _count(pred)
+        d = pred - target
+        sign = xp.astype(d > 0, d.dtype) - xp.astype(d < 0, d.dtype)
+        sign = xp.where(xp.isnan(d), d, sign)  # NaN stays NaN, as with torch's sign
+        return sign / _count(pred)
 
 
 @REGISTRY.register("huber")
@@ -187,7 +194,10 @@ class Huber(Loss):
 
     def _df(self, pred: Array, target: Array) -> Array:
         xp = namespace_of(pred)
-        return xp.clip(pred - target, min=-self.delta, max=self.delta) / _count(pred)
+        # d clipped to [-delta, delta] with maximum/minimum, not xp.clip: array-api-compat's
+        # clip for CuPy assigns through boolean masks, a host sync (see optim.py).
+        d = xp.minimum(xp.maximum(pred - target, -self.delta), self.delta)
+        return d / _count(pred)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "delta": self.delta}

@@ -59,11 +59,21 @@ SCHEDULES: Registry[Schedule] = Registry("schedule")
 # ----------------------------------------------------------------- clipping --
 
 
+# Clipping is written with maximum and minimum against Python floats, never with
+# xp.clip: array-api-compat's clip for CuPy is its generic one, which assigns through
+# boolean masks (out[mask] = b[mask]), and CuPy reads each mask's count back to the
+# host, a device synchronization on every step. maximum/minimum are one elementwise
+# kernel each, propagate NaN as clip does, and take a Python float on every backend
+# (torch's through array-api-compat >= 1.16, the floor in pyproject.toml).
+
+
 def clip_by_value(grads: Mapping[str, Array], clip_value: float) -> dict[str, Array]:
-    """Clip every gradient element to ``[-clip_value, clip_value]``."""
+    """Clip every gradient element to ``[-clip_value, clip_value]``, as torch's
+    ``clip_grad_value_``; elementwise on the device, no host sync."""
     out = {}
     for name, g in grads.items():
-        out[name] = namespace_of(g).clip(g, min=-clip_value, max=clip_value)
+        xp = namespace_of(g)
+        out[name] = xp.minimum(xp.maximum(g, -clip_value), clip_value)
     return out
 
 
@@ -78,7 +88,7 @@ def clip_by_global_norm(grads: Mapping[str, Array], max_norm: float) -> dict[str
         return {}
     xp = namespace_of(gs[0])
     total = xp.sqrt(sum(xp.sum(g * g) for g in gs))
-    scale = xp.clip(max_norm / (total + 1e-6), max=1.0)
+    scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
     return {name: g * scale for name, g in grads.items()}
 
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from array_api_compat import device as device_of
 from array_api_compat import is_writeable_array
 
 from . import distributed as D
@@ -191,13 +192,12 @@ class _Snapshot:
     @staticmethod
     def _keep(kept: dict[str, Array], name: str, a: Array) -> None:
         buf = kept.get(name)
-        if is_writeable_array(a):
-            if buf is None or buf.shape != a.shape:
-                kept[name] = a + 0.0  # fresh copy
-            else:
-                buf[...] = a
-        else:
+        if not is_writeable_array(a):
             kept[name] = a
+        elif _same_kind(buf, a):
+            buf[...] = a
+        else:  # a fresh copy: the first, or the array moved (optimizer state after a load)
+            kept[name] = a + 0.0
 
     def take(self) -> None:
         for name, p in self.net.parameters().items():
@@ -223,6 +223,12 @@ class _Snapshot:
             for slot in self.optimizer.state
         }
         self.optimizer.step_count = self.step_count
+
+
+def _same_kind(buf: Array | None, a: Array) -> bool:
+    """Whether ``buf`` can take ``a``'s values in place: same array type, device, dtype, shape."""
+    return (buf is not None and type(buf) is type(a) and buf.shape == a.shape
+            and buf.dtype == a.dtype and device_of(buf) == device_of(a))
 
 
 class _DivergenceGuard:

@@ -3,14 +3,54 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 
 import portanet as pn
 from portanet import activations as A
 from portanet.backend import backend_name
+
+#: The session's backend (``PORTANET_TEST_BACKEND``), as the ``xp`` fixture reads it.
+BACKEND = os.environ.get("PORTANET_TEST_BACKEND", "numpy")
+#: ``PORTANET_TEST_REQUIRE_BACKEND=1``: what the session's backend needs fails instead of skipping.
+REQUIRE_BACKEND = os.environ.get("PORTANET_TEST_REQUIRE_BACKEND", "") not in ("", "0")
+#: ``PORTANET_TEST_CUPY=emulated``: the cupy backend is the stand-in of ``tests/_fake_cupy``.
+EMULATED_CUPY = os.environ.get("PORTANET_TEST_CUPY", "") == "emulated"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip for ``reason``, or fail under ``PORTANET_TEST_REQUIRE_BACKEND=1``.
+
+    For what the session's backend and device need: a machine that should have
+    them (``bench/gpu_check.sh``) must not pass by skipping.
+    """
+    if REQUIRE_BACKEND:
+        pytest.fail(f"PORTANET_TEST_REQUIRE_BACKEND=1: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_session_backend() -> None:
+    """Skip (or fail, as :func:`skip_or_fail`) unless the session's backend loads here:
+    for tests that run it in a subprocess rather than through the ``xp`` fixture."""
+    from portanet.backend import get_namespace
+
+    try:
+        get_namespace(BACKEND)
+    except (ImportError, RuntimeError) as exc:  # not installed; CuPy without a GPU
+        skip_or_fail(str(exc))
+
+
+def needs_real_cuda(what: str) -> None:
+    """For a test that needs a real GPU (torch CUDA tensors, device pointers, DLPack
+    between libraries): skip under the CuPy stand-in, else :func:`skip_or_fail`."""
+    if EMULATED_CUPY:
+        pytest.skip(f"needs real CUDA ({what}); the CuPy stand-in has no GPU")
+    skip_or_fail(f"needs real CUDA ({what})")
+
 
 #: Every built-in activation, by name, as the gradient tests draw them.
 ACTIVATIONS = {

@@ -3,27 +3,81 @@
 ``PORTANET_TEST_BACKEND`` selects the backend (default ``numpy``). For
 array-api-strict the fixture runs every test on ``CPU_DEVICE``, on
 ``device1`` (which catches arrays created on the wrong device) and on
-``no_float64`` (float32 only). A missing backend or GPU skips cleanly.
+``no_float64`` (float32 only).
+
+A missing backend or GPU skips cleanly, unless ``PORTANET_TEST_REQUIRE_BACKEND=1``:
+then the session stops before the first test, with the backend's error (for CuPy,
+the CUDA error) in one line. ``bench/gpu_check.sh`` sets it, so that a broken GPU
+cannot pass as a run of skips.
+
+``PORTANET_TEST_CUPY=emulated`` puts the CuPy stand-in (``tests/_fake_cupy``) on the
+path, for this process and its children, so that ``PORTANET_TEST_BACKEND=cupy``
+runs without a GPU (nox session ``tests-cupy-emulated``). It refuses to run where a
+real CuPy is installed: the stand-in never shadows it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
+from _util import BACKEND, EMULATED_CUPY, REQUIRE_BACKEND, skip_or_fail
 from hypothesis import settings
 
-from portanet.backend import has_float64
+from portanet.backend import has_float64, to_numpy
 
 # The same examples on every run: CI must not pass or fail by the luck of a draw.
 settings.register_profile("portanet", derandomize=True, deadline=None)
 settings.load_profile("portanet")
 
-BACKEND = os.environ.get("PORTANET_TEST_BACKEND", "numpy")
 STRICT_DEVICES = ("CPU_DEVICE", "device1", "no_float64")
+FAKE_CUPY_DIR = Path(__file__).resolve().parent / "_fake_cupy"
 
 if BACKEND == "jax":
     os.environ.setdefault("JAX_ENABLE_X64", "1")
+
+
+def _use_emulated_cupy() -> None:
+    """Put the CuPy stand-in first on the path, here and for child processes."""
+    loaded = sys.modules.get("cupy")
+    if loaded is not None and not getattr(loaded, "__portanet_emulated__", False):
+        raise pytest.UsageError(
+            f"PORTANET_TEST_CUPY=emulated, but the real CuPy is imported already ({loaded.__file__})")
+    spec = importlib.util.find_spec("cupy") if loaded is None else None
+    if spec is not None and FAKE_CUPY_DIR not in Path(spec.origin or "").resolve().parents:
+        raise pytest.UsageError(
+            f"PORTANET_TEST_CUPY=emulated, but a real CuPy is installed ({spec.origin}): the "
+            "stand-in never shadows it. Run the real session (nox -s tests-cupy), or emulate "
+            "in an environment without CuPy (nox -s tests-cupy-emulated)")
+    if str(FAKE_CUPY_DIR) not in sys.path:
+        sys.path.insert(0, str(FAKE_CUPY_DIR))
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if str(FAKE_CUPY_DIR) not in paths:  # subprocesses (the CLI, the examples) see it too
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(FAKE_CUPY_DIR), *filter(None, paths)])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if EMULATED_CUPY:
+        _use_emulated_cupy()
+    if REQUIRE_BACKEND:  # fail now, in one line, rather than skip every test
+        try:
+            xp, device = _load(STRICT_DEVICES[0] if BACKEND == "array_api_strict" else None)
+        except pytest.fail.Exception as exc:
+            raise pytest.UsageError(str(exc)) from None
+        except ValueError as exc:  # an unknown backend name
+            raise pytest.UsageError(f"PORTANET_TEST_BACKEND={BACKEND!r}: {exc}") from None
+        try:  # the device computes: a sum that comes back to the host
+            total = float(to_numpy(xp.sum(xp.ones(4, dtype=xp.float32, device=device))))
+        except Exception as exc:
+            raise pytest.UsageError(
+                f"PORTANET_TEST_REQUIRE_BACKEND=1: backend {BACKEND!r} on {device!r} cannot "
+                f"compute: {type(exc).__name__}: {exc}".replace("\n", " ")) from None
+        if total != 4.0:
+            raise pytest.UsageError(f"PORTANET_TEST_REQUIRE_BACKEND=1: backend {BACKEND!r} on "
+                                    f"{device!r} summed four ones to {total}")
 
 
 def _params() -> list:
@@ -38,9 +92,9 @@ def _load(device_name: str | None):
     try:
         xp = B.get_namespace(BACKEND)
     except ImportError as exc:
-        pytest.skip(f"backend {BACKEND!r} is not installed: {exc}")
-    except RuntimeError as exc:  # cupy without a GPU
-        pytest.skip(str(exc))
+        skip_or_fail(str(exc))  # "backend ... is not installed; install it with ..."
+    except RuntimeError as exc:  # cupy without a GPU or a working driver: the CUDA error
+        skip_or_fail(str(exc))
     if BACKEND == "array_api_strict":
         import array_api_strict
 

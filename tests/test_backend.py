@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import sys
 import types
 
@@ -43,7 +44,7 @@ def test_unknown_backend_name():
 
 @pytest.mark.parametrize("name,extra", [("torch", "portanet[torch]"), ("jax", "portanet[jax]"),
                                         ("array_api_strict", "portanet[strict]"),
-                                        ("cupy", "portanet[cuda12]")])
+                                        ("cupy", "portanet[cuda13]")])
 def test_missing_backend_names_the_extra(monkeypatch, name, extra):
     module = B.BACKENDS[name][0]
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
@@ -52,18 +53,60 @@ def test_missing_backend_names_the_extra(monkeypatch, name, extra):
     assert f'pip install "{extra}"' in str(info.value)
 
 
-def test_cupy_without_gpu_is_a_runtime_error(monkeypatch):
+def test_missing_cupy_says_which_wheel_fits_which_driver(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(ImportError) as info:
+        B.get_namespace("cupy")
+    assert '"portanet[cuda13]" (NVIDIA driver R580 or newer)' in str(info.value)
+    assert '"portanet[cuda12]" for an older driver' in str(info.value)
+
+
+class CUDARuntimeError(RuntimeError):
+    """Named as CuPy's, whose message is "cudaErrorX: what it means"."""
+
+
+@pytest.mark.parametrize("error", [
+    CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient for "
+                     "CUDA runtime version"),
+    CUDARuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected"),
+    None,  # the runtime works but counts no device
+])
+def test_cupy_without_gpu_keeps_the_cuda_error(monkeypatch, error):
     fake = types.ModuleType("cupy")
 
-    def no_device():
-        raise RuntimeError("cudaErrorNoDevice")
+    def device_count():
+        if error is not None:
+            raise error
+        return 0
 
-    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_device))
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=device_count))
+    fake.__spec__ = importlib.machinery.ModuleSpec("cupy", None)
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    with pytest.raises(RuntimeError, match="no GPU was found"):
-        B.get_namespace("cupy")
-    with pytest.raises(RuntimeError, match="no GPU was found"):
-        pn.set_backend("cupy")
+    cause = f"CUDARuntimeError: {error}" if error is not None else "CUDA reports 0 devices"
+    for call in (lambda: B.get_namespace("cupy"), lambda: pn.set_backend("cupy")):
+        with pytest.raises(RuntimeError, match="no GPU was found") as info:
+            call()
+        assert cause in str(info.value) and "\n" not in str(info.value)
+    (cupy_info,) = [i for i in pn.available_backends() if i.name == "cupy"]
+    assert not cupy_info.gpu and cause in cupy_info.note
+
+
+def test_torch_cuda_resolves_to_an_indexed_device(monkeypatch):
+    # A tensor's device is always indexed (cuda:0), and torch.device("cuda") != cuda:0:
+    # an unindexed network device would never match its inputs' (no GPU needed here).
+    torch = pytest.importorskip("torch")
+    xt = B.get_namespace("torch")
+    assert torch.device("cuda") != torch.device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    for spec in ("cuda", "cuda:0", torch.device("cuda"), torch.device("cuda", 0)):
+        dev = B.resolve_device(xt, spec)
+        assert dev == torch.device("cuda:0") and dev.index == 0, spec
+    assert B.resolve_device(xt, "cuda:1") == torch.device("cuda:1")
+    assert B.resolve_device(xt, "cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="torch found no CUDA GPU"):
+        B.resolve_device(xt, torch.device("cuda"))
 
 
 def test_default_backend_from_env_and_set_backend(monkeypatch):

@@ -13,6 +13,7 @@ import importlib
 import array_api_compat
 import numpy as np
 import pytest
+from _util import BACKEND, needs_real_cuda, skip_or_fail
 
 import portanet as pn
 from portanet.backend import to_numpy
@@ -33,13 +34,23 @@ def batch() -> np.ndarray:
 
 
 def _cupy_with_gpu():
+    """CuPy with a GPU (or the stand-in); skips without, and fails without it in a cupy
+    session under PORTANET_TEST_REQUIRE_BACKEND=1."""
     try:
         cupy = importlib.import_module("cupy")
         if cupy.cuda.runtime.getDeviceCount() < 1:
             raise RuntimeError("no GPU")
     except Exception as exc:  # not installed, no driver, no device
-        pytest.skip(f"cupy with a GPU is not available: {exc}")
+        reason = f"cupy with a GPU is not available: {type(exc).__name__}: {exc}"
+        skip_or_fail(reason) if BACKEND == "cupy" else pytest.skip(reason)
     return cupy
+
+
+def _torch_with_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        needs_real_cuda("a torch CUDA tensor")
+    return torch
 
 
 # --------------------------------------------------- into a NumPy network ----
@@ -97,6 +108,40 @@ def test_cupy_array_into_numpy_network(batch):
     assert isinstance(a, np.ndarray) and a.dtype == np.float64
     np.testing.assert_array_equal(a, batch)
     np.testing.assert_array_equal(net.forward(c), net.forward(batch))
+
+
+def test_host_data_into_a_cupy_network_and_out_through_get(batch):
+    """Host data reaches a CuPy network by a host-to-device copy; the output leaves it
+    through .get() only (CuPy refuses implicit conversion)."""
+    cupy = _cupy_with_gpu()
+    net = pn.Sequential(layers(), backend="cupy", dtype="float64", seed=0)
+    out = net.forward(batch)
+    assert isinstance(out, cupy.ndarray)
+    with pytest.raises(TypeError):
+        np.asarray(out)  # no implicit conversion, as CuPy
+    np.testing.assert_allclose(to_numpy(out), numpy_net().forward(batch), rtol=1e-12)
+
+
+# ------------------------------------------- torch CUDA <-> CuPy, by DLPack ----
+
+
+def test_torch_cuda_tensor_into_cupy_network_and_back_shares_memory(batch):
+    """DLPack, not the host: the CuPy array views the tensor's memory, and the output
+    goes on into a torch network on device="cuda" (cuda:0, issue 14) without a copy."""
+    cupy = _cupy_with_gpu()
+    torch = _torch_with_cuda()
+    net = pn.Sequential(layers(), backend="cupy", dtype="float32", seed=0)
+    t = torch.tensor(batch, dtype=torch.float32, device="cuda")
+    a = net.as_input(t)
+    assert isinstance(a, cupy.ndarray) and a.data.ptr == t.data_ptr()
+    out = net.forward(t)
+    tnet = pn.Sequential(layers(), backend="torch", device="cuda", dtype="float32", seed=0)
+    assert tnet.device == torch.device("cuda:0")
+    back = tnet.as_input(out)
+    assert isinstance(back, torch.Tensor) and back.device == torch.device("cuda:0")
+    assert back.data_ptr() == out.data.ptr
+    np.testing.assert_array_equal(back.cpu().numpy(), out.get())
+    assert_close(tnet.forward(t), out.get(), "float32", scale=4.0)  # same seed, same net
 
 
 # ---------------------------------------------------- into a torch network ----

@@ -56,6 +56,18 @@ def test_regression_losses(xp, dtype, pred_target, loss, name, kw):
     assert_close(g, grad, dtype, scale=10)
 
 
+@pytest.mark.parametrize("loss", [L.MAE(), L.Huber(0.5)], ids=["mae", "huber"])
+def test_gradient_at_ties_infinities_and_nan(xp, dtype, loss):
+    """sign and the Huber clip, written out without xp.sign/xp.clip (host syncs on CuPy),
+    keep their values: 0 at a tie, the clipped value at +-inf, NaN where d is NaN."""
+    xs, device = xp
+    d = np.array([[0.0, -0.0, 2.0, -3.0, 0.25, np.inf, -np.inf, np.nan]])
+    g = host(loss.grad(put(xs, device, d, dtype), put(xs, device, np.zeros_like(d), dtype)))
+    bound = 1.0 if isinstance(loss, L.MAE) else 0.5
+    want = np.clip(np.sign(d) if bound == 1.0 else d, -bound, bound) / d.size
+    np.testing.assert_array_equal(g, want.astype(dtype))
+
+
 def test_bce_with_logits(xp, dtype):
     xs, device = xp
     rng = np.random.default_rng(4)

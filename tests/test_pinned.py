@@ -283,3 +283,25 @@ def test_save_into_a_folder_is_refused_before_training(tmp_path, capsys, monkeyp
     monkeypatch.setattr(pn.Sequential, "fit", lambda *a, **k: pytest.fail("trained first"))
     assert main(["train", "--dataset", "xor", "--save", str(tmp_path)]) == 2
     assert "--save" in capsys.readouterr().err
+
+
+def test_the_rollback_snapshot_follows_state_that_moved_after_a_load(tmp_path, device1):
+    """A loaded optimizer's state sits on the host until the first step moves it to the
+    device; the snapshot must then keep device copies, not write device arrays into its
+    host buffers (a host conversion on every step; CuPy refuses it outright)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 3)), rng.integers(0, 2, size=16)
+    net, opt = pn.Sequential([pn.Dense(3, 2)], seed=0), pn.Adam(1e-2)
+    net.fit(x, y, loss="cross_entropy", optimizer=opt, epochs=1, verbose=0)
+    net.save(tmp_path / "m.npz", optimizer=opt)
+    back, back_opt = pn.load(tmp_path / "m.npz", backend="array_api_strict", device=device1,
+                             return_optimizer=True)
+    from portanet.training import _Snapshot
+
+    snapshot = _Snapshot(back, back_opt)
+    snapshot.take()  # the state is still on the host
+    back.train_step(x, y, "cross_entropy", back_opt)  # now it is on device1
+    snapshot.take()
+    for slot, kept in snapshot.state.items():
+        for name, a in kept.items():
+            assert type(a) is type(back_opt.state[slot][name]) and a.device == device1, name

@@ -2,8 +2,8 @@
 
 They run in a fresh interpreter (a snippet registers names, which must not leak into
 other tests), in a temporary folder, with the session's backend as the default backend
-(``PORTANET_BACKEND``; CuPy only where a GPU is present, since the blocks name it only in
-comments).
+(``PORTANET_BACKEND``: CuPy where a GPU, or the CuPy stand-in, is there; the blocks name it
+only in comments).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from _util import require_session_backend
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BACKEND = os.environ.get("PORTANET_TEST_BACKEND", "numpy")
@@ -34,11 +35,11 @@ def test_the_readme_has_the_blocks_it_should():
 def run_all(tmp_path_factory):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
+    require_session_backend()  # the blocks run on it as the default backend (a subprocess)
     folder = tmp_path_factory.mktemp("readme")
     script = folder / "readme.py"
     script.write_text("\n\n".join(blocks()))
-    backend = "numpy" if BACKEND == "cupy" else BACKEND
-    env = {**os.environ, "PORTANET_BACKEND": backend, "JAX_ENABLE_X64": "1",
+    env = {**os.environ, "PORTANET_BACKEND": BACKEND, "JAX_ENABLE_X64": "1",
            "MPLBACKEND": "Agg"}
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          cwd=folder, env=env, timeout=900)

@@ -4,18 +4,21 @@
    concrete array library. Every other module of ``portanet/`` must not import
    numpy, cupy, torch or jax, in any spelling: ``import x``, ``from x import``,
    ``importlib.import_module("x")`` or ``__import__("x")``, at any depth.
-2. No hidden host syncs in a training step: on CuPy, ``train_step`` runs under
-   ``cupyx.allow_synchronize(False)``.
+2. No hidden host syncs in a training step: on CuPy (real, or the stand-in of
+   ``tests/_fake_cupy``), ``train_step`` runs under ``cupyx.allow_synchronize(False)``
+   for every optimizer, clipping and loss, and for the image layers.
 """
 
 from __future__ import annotations
 
 import ast
-import os
+import importlib
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _util import BACKEND, EMULATED_CUPY, make_targets
 
 import portanet as pn
 
@@ -122,33 +125,117 @@ def test_the_checker_allows_the_rest(source):
 
 # ------------------------------------------------------------ host syncs ----
 
+ON_CUPY = pytest.mark.skipif(BACKEND != "cupy", reason="needs PORTANET_TEST_BACKEND=cupy")
+OPTIMIZERS = {
+    "sgd": lambda clip: pn.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, **clip),
+    "adam": lambda clip: pn.Adam(lr=1e-2, weight_decay=1e-3, amsgrad=True, **clip),
+    "adamw": lambda clip: pn.AdamW(lr=1e-2, weight_decay=0.05, **clip),
+}
+# A small clip, so that the clipped branch is the one taken.
+CLIPPING = {"clip_norm": {"clip_norm": 0.01}, "clip_value": {"clip_value": 1e-3},
+            "both": {"clip_norm": 0.01, "clip_value": 1e-3}}
 
-@pytest.mark.skipif(
-    os.environ.get("PORTANET_TEST_BACKEND", "numpy") != "cupy",
-    reason="needs PORTANET_TEST_BACKEND=cupy",
-)
-def test_train_step_does_not_sync_on_cupy(xp):
-    xp_, device = xp  # the fixture skips where cupy or a GPU is missing
-    cupy = pytest.importorskip("cupy")
-    cupyx = pytest.importorskip("cupyx")
+
+def _cupy():
+    cupy = importlib.import_module("cupy")  # the fixture has loaded it (or skipped)
+    return cupy, importlib.import_module("cupyx")
+
+
+def _no_sync_steps(net, x, y, loss, opt, steps: int = 3):
+    """``steps`` training steps, the first included, with any host sync an error."""
+    cupy, cupyx = _cupy()
+    before = net.state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # allow_synchronize is deprecated
+        with cupyx.allow_synchronize(False):
+            for _ in range(steps):
+                last = net.train_step(x, y, loss, opt)
+    assert isinstance(last, cupy.ndarray) and last.shape == ()
+    assert np.isfinite(float(last))  # the loss reaches the host here, outside the guard
+    after = net.state_dict()
+    assert all(not np.array_equal(after[k], before[k]) for k in before)  # it trained
+    return last
+
+
+def _sync_cases() -> list:
+    """Every optimizer x clipping x loss on cupy; elsewhere one skipped case, not 45."""
+    if BACKEND != "cupy":
+        return [pytest.param(None, None, None, id="cupy-only",
+                             marks=pytest.mark.skip(reason="needs PORTANET_TEST_BACKEND=cupy"))]
+    return [pytest.param(o, c, loss, id=f"{o}-{c}-{loss}")
+            for o in OPTIMIZERS for c in CLIPPING for loss in pn.losses.names()]
+
+
+@pytest.mark.parametrize("opt_name, clip, loss_name", _sync_cases())
+def test_train_step_does_not_sync_on_cupy(xp, opt_name, clip, loss_name):
+    """Every optimizer, with each clipping, on every loss: no host read in a step."""
+    xp_, device = xp  # the fixture skips (or fails) where cupy or a GPU is missing
+    cupy, cupyx = _cupy()
     rng = np.random.default_rng(0)
     net = pn.Sequential(
         [pn.Dense(8, 16, activation="relu"), pn.Dropout(0.2),
          pn.Dense(16, 16, activation="gelu"), pn.Dense(16, 3)],
         backend=xp_, device=device, dtype="float32", seed=0,
     )
+    loss = pn.losses.get(loss_name)
+    target = "cross_entropy_labels" if loss.accepts_labels else loss_name
     x = cupy.asarray(rng.normal(size=(32, 8)), dtype=cupy.float32)
-    y = cupy.asarray(rng.integers(0, 3, size=32))
-    loss = pn.CrossEntropy(label_smoothing=0.1)
-    opt = pn.Adam(lr=1e-2, clip_norm=1.0)
-    net.train_step(x, y, loss, opt)  # the first step creates the optimizer state
-    before = net.state_dict()
-    with cupyx.allow_synchronize(False):
-        for _ in range(3):
-            last = net.train_step(x, y, loss, opt)
-    assert isinstance(last, cupy.ndarray) and last.shape == ()
-    assert np.isfinite(float(last))  # the loss reaches the host here, outside the guard
-    after = net.state_dict()
-    assert all(not np.array_equal(after[k], before[k]) for k in before)  # it trained
-    with cupyx.allow_synchronize(False), pytest.raises(cupyx.DeviceSynchronized):
-        float(last)  # the guard is live: a host read inside it is caught
+    y = cupy.asarray(make_targets(target, rng, 32, 3))
+    last = _no_sync_steps(net, x, y, loss, OPTIMIZERS[opt_name](CLIPPING[clip]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with cupyx.allow_synchronize(False), pytest.raises(cupyx.DeviceSynchronized):
+            float(last)  # the guard is live: a host read inside it is caught
+
+
+@ON_CUPY
+def test_image_train_step_does_not_sync_on_cupy(xp):
+    """Convolution, pooling, normalization and a residual block, with labels as probabilities
+    and a host batch (moved to the device in the step: a copy in, never a read back)."""
+    xp_, device = xp
+    rng = np.random.default_rng(1)
+    net = pn.Sequential(
+        [pn.Conv2D(1, 4, 3, padding=1), pn.BatchNorm(4), pn.ReLU(),
+         pn.Residual([pn.Conv2D(4, 4, 3, padding="same"), pn.ReLU()]),
+         pn.MaxPool2D(2), pn.Conv2D(4, 6, 3, stride=2, padding=1, dilation=1), pn.AvgPool2D(2),
+         pn.Flatten(), pn.LayerNorm(6), pn.Dense(6, 3)],
+        backend=xp_, device=device, dtype="float32", seed=0, input_shape=(1, 8, 8),
+    )
+    x = rng.normal(size=(16, 1, 8, 8)).astype(np.float32)
+    y = make_targets("cross_entropy", rng, 16, 3)
+    _no_sync_steps(net, x, y, pn.CrossEntropy(label_smoothing=0.1),
+                   pn.AdamW(1e-2, clip_norm=0.01, clip_value=1e-3))
+
+
+@pytest.mark.skipif(not EMULATED_CUPY, reason="checks the CuPy stand-in (PORTANET_TEST_CUPY=emulated)")
+def test_the_stand_in_declares_what_cupy_syncs_on(xp):
+    """The stand-in raises where real CuPy does: a host read, a boolean mask, a
+    data-dependent shape, and array-api-compat's clip and sign (which portanet avoids)."""
+    xp_, device = xp
+    cupy, cupyx = _cupy()
+    a = xp_.asarray(np.array([-2.0, 0.5, 3.0], dtype=np.float32), device=device)
+    reads = [lambda: float(a[0]), lambda: bool(a[0] > 0), lambda: int(a[1]), a.get,
+             a[0].item, a.tolist, lambda: repr(a), lambda: f"{a[0]:.2f}",
+             lambda: a[a > 0], lambda: a.__setitem__(a > 0, 0.0), lambda: cupy.nonzero(a),
+             lambda: xp_.clip(a, min=-1.0, max=1.0), lambda: xp_.sign(a)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with cupyx.allow_synchronize(False):
+            for read in reads:
+                with pytest.raises(cupyx.DeviceSynchronized):
+                    read()
+            kept = xp_.minimum(xp_.maximum(a, -1.0), 1.0)  # elementwise: no sync
+    np.testing.assert_array_equal(kept.get(), [-1.0, 0.5, 1.0])
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(a)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        a + np.ones(3, dtype=np.float32)  # a host array in a device operation
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray"):
+        a[:2] = np.zeros(2, dtype=np.float32)  # CuPy fills basic slices from scalars only
+    with pytest.raises(TypeError, match="CPU arrays cannot be directly imported"):
+        cupy.from_dlpack(np.ones(3))
+    total = xp_.sum(a)
+    assert isinstance(total, cupy.ndarray) and total.shape == ()  # a reduction is 0-d
+    assert device == cupy.cuda.Device(0) and device != 0 and device != "cuda:0"
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(device)
