@@ -357,7 +357,8 @@ def test_shape_not_matching_the_architecture(checkpoint, tmp_path):
         load(bad, backend="numpy")
     # The same array without the metadata edit contradicts the metadata itself.
     bad = _rewrite(path, tmp_path / "bad2.npz", replace={"param/0.weight": np.ones((3, 7), "f4")})
-    with pytest.raises(CheckpointError, match="0.weight"):
+    with pytest.raises(CheckpointError, match=r"entry 'param/0.weight' has shape \(3, 7\), the "
+                                              r"metadata says \(3, 6\)"):
         load(bad, backend="numpy")
 
 
@@ -409,9 +410,11 @@ def test_file_cut_at_any_offset_is_a_checkpoint_error(checkpoint, tmp_path):
     cut = tmp_path / "cut.npz"
     offsets = set(np.linspace(0, len(data) - 1, 120).astype(int).tolist())
     offsets |= {1, 2, 4, 30, len(data) - 22, len(data) - 2, len(data) - 1}
+    # each cut is reported as what it is: empty, not a zip at all, or a damaged one
+    kinds = r"cut\.npz'?: (the file is empty|not a portanet checkpoint|truncated or corrupted)"
     for offset in sorted(offsets):
         cut.write_bytes(data[:offset])
-        with pytest.raises(CheckpointError):
+        with pytest.raises(CheckpointError, match=kinds):
             load(cut, backend="numpy")
 
 

@@ -10,7 +10,7 @@ from array_api_compat import is_writeable_array
 import portanet as pn
 from portanet import _fast_optim as fast
 from portanet.backend import is_host_array
-from portanet.testing import assert_close
+from portanet.testing import AGREEMENT_RTOL, ORACLE_RTOL, norm_rel_diff
 
 CONFIGS = {
     "sgd": lambda: pn.SGD(lr=0.1),
@@ -49,7 +49,8 @@ def test_optimizer_matches_numpy(xp, dtype, name):
     ref = _run(CONFIGS[name](), params, grads, lambda a: np.asarray(a, dtype=dtype))
     for k in params:
         assert_on(xs, device, got[k], dtype, params[k].shape)
-        assert_close(got[k], ref[k], dtype, scale=50, err_msg=f"{name} {k}")
+        # 15 updates: the table's bound for training runs (norm-relative)
+        assert norm_rel_diff(got[k], ref[k]) <= AGREEMENT_RTOL[dtype], f"{name} {k}"
 
 
 def _adam_reference(p, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
@@ -68,7 +69,7 @@ def test_adam_follows_the_paper_when_eps_is_zero(xp, float64):
     params, grads = _problem()
     got = _run(pn.Adam(lr=0.01, eps=0.0), params, grads, lambda a: put(xs, device, a, "float64"))
     expected = _adam_reference(params["0.weight"], [g["0.weight"] for g in grads], 0.01)
-    assert_close(got["0.weight"], expected, "float64", scale=100)
+    assert norm_rel_diff(got["0.weight"], expected) <= ORACLE_RTOL["float64"]
 
 
 def test_sgd_momentum_by_hand():
@@ -82,6 +83,7 @@ def test_sgd_momentum_by_hand():
 def test_clip_by_global_norm_scales_all_gradients_together():
     g = {"a": np.array([3.0]), "b": np.array([4.0])}
     out = pn.optim.clip_by_global_norm(g, 1.0)
+    # the 1e-6 that torch adds to the norm (5) moves the scaled values by 2e-7
     np.testing.assert_allclose([out["a"][0], out["b"][0]], [0.6, 0.8], rtol=1e-6)
     same = pn.optim.clip_by_global_norm(g, 10.0)
     np.testing.assert_allclose(same["a"], [3.0])
