@@ -31,6 +31,7 @@ def test_demo_prints_the_truth_table_within_005(capsys):
 
 
 @needs_sklearn
+@pytest.mark.slow
 def test_train_digits_beats_97_percent_and_sklearn(capsys, tmp_path):
     model, plot = tmp_path / "model.npz", tmp_path / "history.png"
     assert main(["train", "--dataset", "digits", "--verbose", "0", "--save", str(model),
@@ -63,6 +64,7 @@ def test_backends_table_with_numpy(capsys):
     assert lines[1].split()[1] == "yes"
 
 
+@pytest.mark.slow
 def test_backends_runs_with_only_numpy_installed(tmp_path):
     # Hide every optional backend from a fresh interpreter.
     hide = tmp_path / "sitecustomize.py"
@@ -115,6 +117,7 @@ def test_missing_extra_is_a_one_line_error(capsys, monkeypatch):
     assert "\n" not in err and 'pip install "portanet[datasets]"' in err
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_console_script_entry():
     out = subprocess.run([sys.executable, "-m", "portanet", "--version"], capture_output=True,
                          text=True, check=True).stdout

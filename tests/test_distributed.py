@@ -29,6 +29,7 @@ MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=os.path.dirnam
 if MPIEXEC is None:
     pytest.skip("mpiexec is not on PATH (pip install mpich)", allow_module_level=True)
 
+pytestmark = pytest.mark.slow  # every test launches mpiexec
 WORKER = Path(__file__).resolve().parent / "_mpi_worker.py"
 TIMEOUT = 240  # seconds for any one launch: a hang fails, it does not stall CI
 

@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 from _util import require_session_backend
 
 from portanet.demo import train_and_gate
@@ -22,6 +23,7 @@ def test_and_gate_on_the_session_backend(xp):
         assert abs(value - target) < 0.05
 
 
+@pytest.mark.slow
 def test_example_script_prints_the_truth_table():
     require_session_backend()
     env = {**os.environ, "JAX_ENABLE_X64": "0"}  # under the CuPy stand-in, its PYTHONPATH too

@@ -72,6 +72,7 @@ def test_train_validates_on_training_rows_and_tests_once(monkeypatch, capsys):
 
 
 @needs_sklearn
+@pytest.mark.slow
 def test_ctrl_c_in_train_says_where_saves_only_if_asked_and_exits_130(tmp_path):
     def run(extra):
         proc = subprocess.Popen([sys.executable, "-m", "portanet", "train", "--dataset", "digits",
@@ -208,6 +209,7 @@ def test_offline_mnist_says_where_to_put_the_files_and_leaves_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "cupy"])
+@pytest.mark.slow
 def test_examples_report_a_missing_backend_in_one_line(backend):
     pytest.importorskip("numpy")
     if backend == "cupy":
@@ -222,13 +224,16 @@ def test_examples_report_a_missing_backend_in_one_line(backend):
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
 
 
-def test_agreement_writes_results_only_when_asked(tmp_path):
+@pytest.mark.slow
+def test_agreement_writes_results_only_when_asked(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         import agreement
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    assert agreement.main(["--steps", "2", "--out", str(tmp_path)]) in (0, 1)
+    numpy_only = [c for c in agreement.configurations() if c[0] == "numpy"]
+    monkeypatch.setattr(agreement, "configurations", lambda gpu_only=False: numpy_only)
+    assert agreement.main(["--steps", "2", "--out", str(tmp_path)]) == 0
     assert not list(tmp_path.iterdir())
     agreement.main(["--steps", "2", "--out", str(tmp_path), "--write"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agreement.json", "agreement.md"]

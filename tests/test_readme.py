@@ -17,6 +17,7 @@ import sys
 import pytest
 from _util import require_session_backend
 
+pytestmark = pytest.mark.slow  # a fresh interpreter runs the README
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BACKEND = os.environ.get("PORTANET_TEST_BACKEND", "numpy")
 

@@ -25,6 +25,7 @@ def _data(n=8):
     return rng.normal(size=(n, 300)), rng.integers(0, 2, size=n)
 
 
+@pytest.mark.slow
 def test_moving_from_jax_gives_writeable_parameters_and_state():
     pytest.importorskip("jax")
     x, y = _data()

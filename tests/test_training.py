@@ -310,6 +310,7 @@ RESUME = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_exact_resume_in_a_new_process_is_bitwise(tmp_path):
     script = tmp_path / "resume.py"
     script.write_text(RESUME)
