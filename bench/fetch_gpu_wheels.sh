@@ -27,6 +27,8 @@ WHEELS=(
   "hypothesis==${HYPOTHESIS_VERSION:-6.170.17}"
   "attrs==${ATTRS_VERSION:-26.1.0}"                       # hypothesis needs it
   "sortedcontainers==${SORTEDCONTAINERS_VERSION:-2.4.0}"  # hypothesis needs it
+  "mpi4py==${MPI4PY_VERSION:-4.1.2}"                      # the nccl and staged phases
+  "mpich==${MPICH_VERSION:-5.0.2}"                        # libmpi and mpiexec (13 MB)
 )
 
 mkdir -p "$DEST"

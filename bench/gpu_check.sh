@@ -3,8 +3,10 @@
 # pytest, but without array-api-compat, array-api-extra or array-api-strict): install
 # the carried wheels, prove that CuPy computes on the GPU (or stop at once, with CUDA's
 # error in one line), record the GPU and versions, check DLPack between torch CUDA and
-# CuPy, run the test suite on CuPy, then the GPU training-step benchmark and the
-# backend agreement on the GPU.
+# CuPy, check data-parallel training (a one-rank NCCL communicator, and two ranks
+# sharing the GPU through the host-staged MPI path against one process), run the test
+# suite on CuPy, then the GPU training-step benchmark and the backend agreement on
+# the GPU.
 #
 #   bash bench/fetch_gpu_wheels.sh           # here, once: fills .whl/ (git-ignored)
 #   bash bench/gpu_check.sh [DEST]           # there, with carry: [".whl"]
@@ -32,7 +34,8 @@
 # networks. It proves that the script and the CuPy code paths run; it says nothing
 # about a GPU, and its summary says so.
 #
-# Knobs (environment): TOTAL_S, TESTS_S (240), INTEROP_S (60), BENCH_S (150),
+# Knobs (environment): TOTAL_S, TESTS_S (240), INTEROP_S (60), NCCL_S (60),
+# STAGED_S (90), BENCH_S (150),
 # AGREEMENT_S (90), PYTEST_ARGS (extra pytest options, e.g. "-n 4" with
 # pytest-xdist), BENCH_FRAMEWORKS (portanet-cupy,torch), BENCH_CONFIGS (all),
 # BENCH_ARGS (extra train_step.py options), AGREEMENT_ARGS (default: --device cuda
@@ -103,9 +106,22 @@ install_wheels() {
     echo "every carried package is installed already"
     return 0
   fi
-  echo "installing into /tmp/site: ${want[*]}"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "${want[@]}"
+  # MPI (mpi4py and the MPICH wheel, whose libmpi and mpiexec are data files) goes to a
+  # prefix, /tmp/mpi; the rest to /tmp/site. The main script puts both on the paths.
+  local mpi=() rest=() w
+  for w in "${want[@]}"; do
+    case $(basename "$w") in mpi4py-* | mpich-*) mpi+=("$w") ;; *) rest+=("$w") ;; esac
+  done
+  if [ "${#rest[@]}" -gt 0 ]; then
+    echo "installing into /tmp/site: ${rest[*]}"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "${rest[@]}" || return
+  fi
+  if [ "${#mpi[@]}" -gt 0 ]; then
+    echo "installing into the prefix /tmp/mpi: ${mpi[*]}"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --prefix /tmp/mpi "${mpi[@]}"
+  fi
 }
 
 check_imports() {
@@ -243,7 +259,10 @@ finish() {
 
 # --- 1. install what the machine lacks from the carried wheels ---------------------
 phase install 60 bash "$SELF" --phase install
-export PYTHONPATH=/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}
+MPI_SITE=$(ls -d /tmp/mpi/lib/python3*/site-packages 2>/dev/null | head -n 1)
+export PYTHONPATH=/tmp/site${MPI_SITE:+:$MPI_SITE}:$REPO${PYTHONPATH:+:$PYTHONPATH}
+export PATH=/tmp/mpi/bin:$(dirname "$(command -v "$PY")"):$PATH  # mpiexec: the wheel's or PY's
+export LD_LIBRARY_PATH=/tmp/mpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}  # libmpi for mpi4py
 if [ "$EMULATED" = 1 ]; then
   real=$("$PY" -c 'import importlib.util as u; s = u.find_spec("cupy"); print(s.origin if s else "")' \
     2>/dev/null)
@@ -280,7 +299,18 @@ else
   grep '^interop:' "$LOG" | sed 's/^/  /' >>"$SUMMARY"
 fi
 
-# --- 5. the test suite on CuPy --------------------------------------------------------
+# --- 5. data-parallel training on the GPU: NCCL on one rank, two ranks via the host ---
+if ! "$PY" -c "import mpi4py" >/dev/null 2>&1 || ! command -v mpiexec >/dev/null 2>&1; then
+  skipped nccl "mpi4py or mpiexec missing: fetch the mpi4py and mpich wheels (fetch_gpu_wheels.sh)"
+  skipped staged "mpi4py or mpiexec missing"
+  FAILED=1
+else
+  phase nccl "${NCCL_S:-60}" env OMP_NUM_THREADS=1 "$PY" bench/gpu_distributed.py nccl
+  phase staged "${STAGED_S:-90}" env OMP_NUM_THREADS=1 mpiexec -n 2 "$PY" bench/gpu_distributed.py staged
+fi
+grep -E '^(nccl|staged): ' "$LOG" | sed 's/^/  /' >>"$SUMMARY"
+
+# --- 6. the test suite on CuPy --------------------------------------------------------
 PYTEST_EXTRA=(-p no:cacheprovider --durations=25 --junitxml="$DEST/junit.xml")
 if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then
   PYTEST_EXTRA+=(--timeout=120)  # one hung test must not eat the whole phase
@@ -291,7 +321,7 @@ phase tests "${TESTS_S:-240}" env PORTANET_TEST_BACKEND=cupy PORTANET_TEST_REQUI
 grep -E '(passed|failed|error|no tests ran)' "$LOG" | tail -n 1 | sed 's/^/  pytest: /' >>"$SUMMARY"
 grep -E '^ERROR: PORTANET_TEST_REQUIRE_BACKEND' "$LOG" | tail -n 1 | sed 's/^/  /' >>"$SUMMARY"
 
-# --- 6. the GPU training-step benchmark ---------------------------------------------
+# --- 7. the GPU training-step benchmark ---------------------------------------------
 # Rounds go round-robin over all configs, and the script writes what it has on
 # SIGTERM, so a run cut short by its limit still leaves every config measured once.
 frameworks=${BENCH_FRAMEWORKS:-portanet-cupy,torch}
@@ -305,7 +335,7 @@ phase bench "${BENCH_S:-150}" "$PY" bench/train_step.py --device cuda \
   --frameworks "$frameworks" --configs "$configs" --dtypes float32 \
   --rounds 2 --budget 0.5 --out "$DEST/bench" ${BENCH_ARGS:-}
 
-# --- 7. backend agreement on the GPU, written row by row ----------------------------
+# --- 8. backend agreement on the GPU, written row by row ----------------------------
 agreement_args=${AGREEMENT_ARGS:-"--device cuda --write --out $DEST/agreement"}
 # shellcheck disable=SC2086
 phase agreement "${AGREEMENT_S:-90}" "$PY" bench/agreement.py $agreement_args

@@ -106,9 +106,9 @@ class MPICommunicator(Communicator):
     def allreduce(self, buf: Array) -> Array:
         if self.size == 1:
             return buf
-        name = backend_name(namespace_of(buf))
-        if name == "cupy" and self._use_nccl and self._nccl_comm() is not None:
+        if self._on_nccl(buf):
             return self._nccl.allreduce(buf)
+        name = backend_name(namespace_of(buf))
         if _mpi_can_write(name, buf):  # NumPy, torch on the CPU: MPI sums in the array itself
             self.comm.Allreduce(self.MPI.IN_PLACE, buf)
             return buf
@@ -119,6 +119,8 @@ class MPICommunicator(Communicator):
     def broadcast(self, buf: Array, root: int = 0) -> Array:
         if self.size == 1:
             return buf
+        if self._on_nccl(buf):
+            return self._nccl.broadcast(buf, root)
         if _mpi_can_write(backend_name(namespace_of(buf)), buf):
             self.comm.Bcast(buf, root=root)
             return buf
@@ -153,6 +155,13 @@ class MPICommunicator(Communicator):
     def abort(self, code: int = 1) -> None:
         self.comm.Abort(code)
 
+    def _on_nccl(self, buf: Array) -> bool:
+        """Whether ``buf`` goes through NCCL: a contiguous float CuPy array, with NCCL
+        wanted and there (anything else goes through the host)."""
+        return (self._use_nccl and backend_name(namespace_of(buf)) == "cupy"
+                and str(buf.dtype) in ("float32", "float64") and bool(buf.flags.c_contiguous)
+                and self._nccl_comm() is not None)
+
     def _nccl_comm(self) -> Any:
         if self._nccl is None:
             self._nccl = _NCCL.create(self) or False
@@ -178,11 +187,24 @@ class _NCCL:
         return cls(nccl, nccl.NcclCommunicator(mpi.size, uid, mpi.rank), cupy)
 
     def allreduce(self, buf: Array) -> Array:
-        kinds = {"float32": self.nccl.NCCL_FLOAT32, "float64": self.nccl.NCCL_FLOAT64}
-        stream = self.cupy.cuda.get_current_stream().ptr
-        self.comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, kinds[str(buf.dtype)],
-                            self.nccl.NCCL_SUM, stream)
+        """The sum over ranks, in place, on the current stream."""
+        self.comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._kind(buf),
+                            self.nccl.NCCL_SUM, self._stream())
         return buf
+
+    def broadcast(self, buf: Array, root: int = 0) -> Array:
+        """``root``'s ``buf`` on every rank, in place."""
+        self.comm.bcast(buf.data.ptr, buf.size, self._kind(buf), root, self._stream())
+        return buf
+
+    def _kind(self, buf: Array) -> int:
+        kinds = {"float32": self.nccl.NCCL_FLOAT32, "float64": self.nccl.NCCL_FLOAT64}
+        if str(buf.dtype) not in kinds or not buf.flags.c_contiguous:
+            raise TypeError(f"NCCL here sums contiguous float32 or float64 arrays, not {buf.dtype}")
+        return kinds[str(buf.dtype)]
+
+    def _stream(self) -> int:
+        return self.cupy.cuda.get_current_stream().ptr
 
 
 # ------------------------------------------------------------- buffers ----
