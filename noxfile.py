@@ -140,6 +140,26 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def mutation(session: nox.Session) -> None:
+    """Mutation testing on demand (``nox -s mutation``; about N hours on 2 cores).
+
+    mutmut (configured in pyproject.toml's ``[tool.mutmut]``) plants one change at a
+    time in the math, training and checkpoint modules and runs, on the numpy backend
+    without torch (what ``tests-numpy`` sees), the tests that execute the mutated
+    function, fastest first, until one fails. Then ``.ci/mutation_report.py`` prints the
+    score, leaving out the mutants triaged as equivalent in tests/mutation_triage.txt,
+    and lists every survivor not triaged yet (exit status 1 if any). Results stay in
+    ``mutants/``; ``nox -s mutation -- report`` prints the report again without a run.
+    """
+    session.install("-e", ".[test,datasets,plot]", "mutmut==3.8.1")
+    if "report" not in session.posargs:
+        shutil.rmtree("mutants", ignore_errors=True)  # a fresh run, not mutmut's cache
+        session.run("mutmut", "run", "--max-children", str(os.cpu_count() or 2),
+                    env={"OMP_NUM_THREADS": "1", "PORTANET_TEST_BACKEND": "numpy"})
+    session.run("python", ".ci/mutation_report.py")
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """The CPU subset of the training-step benchmark; on demand only (``nox -s bench``).
 
