@@ -163,7 +163,7 @@ def mutation(session: nox.Session) -> None:
             args = ["--max-children", str(os.cpu_count() or 2), *args]
         session.run("mutmut", "run", *args,
                     env={"OMP_NUM_THREADS": "1", "PORTANET_TEST_BACKEND": "numpy"})
-    session.run("python", ".ci/mutation_report.py", success_codes=[0, 1])
+    session.run("python", ".ci/mutation_report.py")  # fails while survivors are untriaged
 
 
 @nox.session
