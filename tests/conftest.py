@@ -80,6 +80,18 @@ def pytest_configure(config: pytest.Config) -> None:
                                     f"{device!r} summed four ones to {total}")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under mutmut the package's source holds every mutant's function side by side, behind
+    # trampolines: tests of the source's shape (import order, function length) read that,
+    # not portanet, so they step aside. Behaviour tests run as always.
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        return
+    skip = pytest.mark.skip(reason="reads portanet's source, which mutmut rewrote")
+    for item in items:
+        if item.get_closest_marker("reads_source"):
+            item.add_marker(skip)
+
+
 def _params() -> list:
     if BACKEND == "array_api_strict":
         return [pytest.param(d, id=f"strict-{d}") for d in STRICT_DEVICES]

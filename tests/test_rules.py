@@ -68,6 +68,7 @@ def _modules() -> list[Path]:
                   if not (p.parent == PACKAGE and p.name in MAY_NAME_ARRAY_LIBRARIES))
 
 
+@pytest.mark.reads_source
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_module_does_not_import_array_libraries(path):
     found = array_library_imports(path.read_text(encoding="utf-8"), str(path))

@@ -136,6 +136,7 @@ def _public_classes() -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.reads_source
 def test_no_public_class_name_is_defined_twice():
     twice = {name: where for name, where in _public_classes().items() if len(where) > 1}
     assert not twice, twice
@@ -175,6 +176,7 @@ def test_the_length_counter_counts_code_only():
     assert long_functions(source, 5) == ["f (6 lines)"]
 
 
+@pytest.mark.reads_source
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")),
                          ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_function_is_longer_than_50_code_lines(path):
@@ -221,6 +223,7 @@ def _portanet_imports(tree: ast.AST, depth: int = 0) -> list[tuple[str, ast.AST]
     return found
 
 
+@pytest.mark.reads_source
 def test_imports_run_one_way():
     modules = {_module_of(p) for p in PACKAGE.rglob("*.py")}
     assert modules <= set(ORDER), f"place {sorted(modules - set(ORDER))} in ORDER"
@@ -249,6 +252,7 @@ def test_the_import_checker_sees_lazy_and_delegated_imports():
     assert _portanet_imports(hinted) == []
 
 
+@pytest.mark.reads_source
 def test_delegates_are_one_call():
     for name, module in DELEGATES.items():
         method = getattr(pn.Sequential, name)
