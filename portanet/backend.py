@@ -32,6 +32,7 @@ __all__ = [
     "host_rng",
     "host_zeros",
     "is_host_array",
+    "is_host_data",
     "namespace_of",
     "resolve_device",
     "resolve_dtype",
@@ -466,6 +467,12 @@ def is_host_array(x: Any) -> bool:
         return x.device.type == "cpu"
     dev = array_api_compat.device(x)
     return getattr(dev, "platform", "cpu") == "cpu" if not isinstance(dev, str) else dev == "cpu"
+
+
+def is_host_data(x: Any) -> bool:
+    """Whether reading ``x`` costs no device sync: lists, scalars, NumPy arrays, and
+    arrays of any namespace in host memory."""
+    return not _is_array_api_array(x) or is_host_array(x)
 
 
 # ------------------------------------------------------------ inventory ----

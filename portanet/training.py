@@ -31,7 +31,7 @@ from array_api_compat import is_writeable_array
 from . import losses as L
 from . import metrics as M
 from . import optim as O
-from .backend import to_array, to_numpy
+from .backend import is_host_data, namespace_of, to_array, to_numpy
 from .callbacks import (
     Callback,
     EarlyStopping,
@@ -55,6 +55,7 @@ __all__ = [
     "evaluate",
     "fit",
     "loss_and_gradients",
+    "sample_weights",
     "train_step",
 ]
 
@@ -80,17 +81,48 @@ class TrainingDivergedError(RuntimeError):
 # --------------------------------------------------------------- one step ----
 
 
-def loss_and_gradients(net: Sequential, x: Array, y: Array, loss: L.Loss) -> tuple[Array, Array]:
+def loss_and_gradients(net: Sequential, x: Array, y: Array, loss: L.Loss,
+                       sample_weight: Array | None = None) -> tuple[Array, Array]:
     """Forward in training mode, the loss, and backward, on device arrays that
-    ``net.as_input`` and ``net.as_target`` have checked.
+    ``net.as_input``, ``net.as_target`` (and :func:`sample_weights`) have checked.
 
-    Returns the loss (a 0-d device array) and the prediction; fills the layers'
-    gradients. The first layer's input gradient is not computed: nobody needs it.
+    Returns the loss (a 0-d device array; with ``sample_weight``, the weighted mean)
+    and the prediction; fills the layers' gradients. The first layer's input
+    gradient is not computed: nobody needs it.
     """
     pred = net.forward_checked(x, training=True)
-    value = loss.value(pred, y)
-    net.backward(loss.grad(pred, y), need_input_grad=False)
+    value = loss.value(pred, y, sample_weight)
+    net.backward(loss.grad(pred, y, sample_weight), need_input_grad=False)
     return value, pred
+
+
+def sample_weights(net: Sequential, w: Any, n: int, loss: L.Loss, *,
+                   read: bool = True) -> Array | None:
+    """``w`` (None, or one weight per sample) on ``net``'s device and dtype, checked.
+
+    Raises ``ValueError`` naming ``sample_weight`` for a shape other than ``(n,)`` and,
+    when ``read`` is true, for weights that are not finite, negative, or all zero; and
+    ``TypeError`` for a loss without a weighted form. ``read=False`` checks the shape
+    only, so that weights on a GPU are not brought to the host.
+    """
+    if w is None:
+        return None
+    if not loss.weighs_samples:
+        loss.per_sample(None, None)  # raises TypeError, naming the loss
+    a = to_array(w, net.xp, net.device, net.dtype, what="sample_weight")
+    if tuple(a.shape) != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},), one weight per sample, "
+                         f"got shape {tuple(a.shape)}")
+    if read:
+        xp = net.xp
+        if not bool(xp.all(xp.isfinite(a))):
+            raise ValueError("sample_weight must be finite, got NaN or infinity")
+        if bool(xp.any(a < 0.0)):
+            raise ValueError("sample_weight must be >= 0, got negative weights")
+        if not bool(xp.any(a > 0.0)):
+            raise ValueError("sample_weight must hold at least one non-zero weight; "
+                             "all weights are zero")
+    return a
 
 
 def apply_gradients(net: Sequential, optimizer: O.Optimizer) -> None:
@@ -100,18 +132,21 @@ def apply_gradients(net: Sequential, optimizer: O.Optimizer) -> None:
 
 
 def train_step(net: Sequential, x: Any, y: Any, loss: str | L.Loss,
-               optimizer: O.Optimizer) -> Array:
+               optimizer: O.Optimizer, sample_weight: Any = None) -> Array:
     """One forward, backward and optimizer update of ``net`` on the batch ``(x, y)``.
 
     Returns the loss as a 0-d array on the device: nothing is synced with the
-    host. Inputs are checked before anything changes.
+    host. Inputs are checked before anything changes. ``sample_weight`` (one weight
+    per row) makes the loss the weighted mean; its values are checked where they
+    are on the host (weights on a GPU are not read, to keep the step free of syncs).
     """
     loss = L.get(loss)
     if not isinstance(optimizer, O.Optimizer):
         raise TypeError(f"optimizer must be a portanet Optimizer, got {type(optimizer).__name__}")
     xa = net.as_input(x)
     ya = net.as_target(y, xa.shape[0], loss)
-    value, _ = loss_and_gradients(net, xa, ya, loss)
+    wa = sample_weights(net, sample_weight, xa.shape[0], loss, read=is_host_data(sample_weight))
+    value, _ = loss_and_gradients(net, xa, ya, loss, wa)
     apply_gradients(net, optimizer)
     return value
 
@@ -280,7 +315,8 @@ class _FitPlan:
     callbacks: list[Callback]
     x: Array
     y: Array
-    validation: tuple[Array, Array] | None
+    w: Array | None
+    validation: tuple[Array, Array, Array | None] | None
     bounds: list[tuple[int, int]]
     batch_size: int | None
     epochs: int
@@ -304,6 +340,7 @@ def fit(
     shuffle: bool = True,
     validation_data: tuple[Any, Any] | None = None,
     validation_split: float = 0.0,
+    sample_weight: Any = None,
     metrics: Sequence[str | M.Metric] = (),
     callbacks: Iterable[Callback] = (),
     verbose: int = 1,
@@ -334,6 +371,12 @@ def fit(
     validation_split : float
         Instead of ``validation_data``, hold out this fraction of the *last* rows
         (before shuffling, as Keras does).
+    sample_weight : array of shape (n,), optional
+        One weight per row, moved with its row: the loss becomes the weighted mean
+        ``sum_i w_i l_i / sum_i w_i`` (and its gradient that of the weighted mean), so a
+        weight of 2 counts a row twice. Weights must be finite, >= 0 and not all zero.
+        ``validation_split`` holds out the last rows' weights with them; metrics are
+        not weighted.
     metrics : sequence of str or Metric
         ``"accuracy"``, ``"mse"``, ``"mae"`` or :class:`~portanet.metrics.Metric` objects.
     callbacks : iterable of Callback
@@ -359,8 +402,8 @@ def fit(
         ``history.interrupted`` is true when Ctrl-C stopped training at a step boundary.
     """
     plan = _plan_fit(net, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
-                     validation_split, metrics, callbacks, verbose, initial_epoch,
-                     check_finite, divergence_factor)
+                     validation_split, sample_weight, metrics, callbacks, verbose,
+                     initial_epoch, check_finite, divergence_factor)
     history = History()
     net.stop_training = False
     net.optimizer = plan.optimizer
@@ -392,8 +435,8 @@ def fit(
 
 def _plan_fit(net: Sequential, x: Any, y: Any, loss: Any, optimizer: Any, epochs: Any,
               batch_size: Any, shuffle: bool, validation_data: Any, validation_split: Any,
-              metrics: Any, callbacks: Any, verbose: Any, initial_epoch: Any,
-              check_finite: Any, divergence_factor: float) -> _FitPlan:
+              sample_weight: Any, metrics: Any, callbacks: Any, verbose: Any,
+              initial_epoch: Any, check_finite: Any, divergence_factor: float) -> _FitPlan:
     """Check every argument of ``fit`` and move the data to the device, before anything
     changes (a bad argument leaves the network, optimizer and RNG as they were)."""
     loss = L.get(loss)
@@ -413,10 +456,11 @@ def _plan_fit(net: Sequential, x: Any, y: Any, loss: Any, optimizer: Any, epochs
         raise ValueError(f"initial_epoch ({initial_epoch}) must not exceed epochs ({epochs})")
     if verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-    xa, ya, val = _training_and_validation(net, x, y, loss, validation_data, validation_split)
+    xa, ya, wa, val = _training_and_validation(net, x, y, loss, validation_data,
+                                               validation_split, sample_weight)
     return _FitPlan(
         net=net, loss=loss, optimizer=optimizer, metrics=metric_fns, callbacks=callbacks,
-        x=xa, y=ya, validation=val, bounds=_batch_bounds(xa.shape[0], batch_size),
+        x=xa, y=ya, w=wa, validation=val, bounds=_batch_bounds(xa.shape[0], batch_size),
         batch_size=batch_size, epochs=epochs, initial_epoch=initial_epoch, shuffle=shuffle,
         verbose=verbose, check_finite=check_finite, guard=_DivergenceGuard(divergence_factor),
         snapshot=_Snapshot(net, optimizer) if check_finite else None,
@@ -424,8 +468,9 @@ def _plan_fit(net: Sequential, x: Any, y: Any, loss: Any, optimizer: Any, epochs
 
 
 def _training_and_validation(net: Sequential, x: Any, y: Any, loss: L.Loss,
-                             validation_data: Any, split: Any):
-    """The training arrays on the device, and the validation pair (or None)."""
+                             validation_data: Any, split: Any, sample_weight: Any):
+    """The training arrays and weights on the device, and the validation triple
+    ``(x, y, weights or None)`` (or None)."""
     if validation_data is not None and (
         not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
     ):
@@ -437,17 +482,19 @@ def _training_and_validation(net: Sequential, x: Any, y: Any, loss: L.Loss,
     xa = net.as_input(x)
     ya = net.as_target(y, xa.shape[0], loss)
     n = xa.shape[0]
+    wa = sample_weights(net, sample_weight, n, loss)
     n_val = int(n * split)
     if split and (n_val == 0 or n_val == n):
         raise ValueError(f"validation_split={split} leaves an empty set for {n} samples")
     if n_val:
         cut = n - n_val  # the last rows, before any shuffling, as Keras does
-        return xa[:cut, ...], ya[:cut, ...], (xa[cut:, ...], ya[cut:, ...])
+        w_fit, w_val = (None, None) if wa is None else (wa[:cut], wa[cut:])
+        return xa[:cut, ...], ya[:cut, ...], w_fit, (xa[cut:, ...], ya[cut:, ...], w_val)
     if validation_data is None:
-        return xa, ya, None
+        return xa, ya, wa, None
     vx, vy = validation_data
     vxa = net.as_input(vx, what="validation x")
-    return xa, ya, (vxa, net.as_target(vy, vxa.shape[0], loss))
+    return xa, ya, wa, (vxa, net.as_target(vy, vxa.shape[0], loss), None)
 
 
 def _batch_bounds(n: int, batch_size: int | None) -> list[tuple[int, int]]:
@@ -471,20 +518,25 @@ def _run_epoch(plan: _FitPlan, epoch: int,
     for step, (lo, hi) in enumerate(plan.bounds):
         if interrupts.requested:
             break
-        if order is None:
-            bx, by = plan.x[lo:hi, ...], plan.y[lo:hi, ...]
-        else:
-            idx = order[lo:hi]
-            bx, by = xp.take(plan.x, idx, axis=0), xp.take(plan.y, idx, axis=0)
-        value, pred = loss_and_gradients(net, bx, by, plan.loss)
+        bx, by, bw = _batch(xp, (plan.x, plan.y, plan.w), order, lo, hi)
+        value, pred = loss_and_gradients(net, bx, by, plan.loss, bw)
         if plan.check_finite and (step + 1) % plan.check_finite == 0:
             _check_divergence(plan, epoch, step, float(value), bar)
         apply_gradients(net, plan.optimizer)
-        sums.add(value, pred, by, hi - lo)
+        sums.add(value, pred, by, hi - lo, bw)
         for cb in plan.callbacks:
             cb.on_batch_end(step, {"epoch": epoch})
         bar.step(sums)
     return sums, bar
+
+
+def _batch(xp: Any, arrays: Sequence[Array | None], order: Array | None, lo: int,
+           hi: int) -> list[Array | None]:
+    """Rows ``lo:hi`` of each array (None stays None), in ``order`` if there is one."""
+    if order is None:
+        return [None if a is None else a[lo:hi, ...] for a in arrays]
+    idx = order[lo:hi]
+    return [None if a is None else xp.take(a, idx, axis=0) for a in arrays]
 
 
 def _check_divergence(plan: _FitPlan, epoch: int, step: int, value: float,
@@ -507,8 +559,9 @@ def _end_epoch(plan: _FitPlan, epoch: int, sums: _EpochSums, bar: _ProgressBar,
         bar.close()
         raise TrainingDivergedError(epoch, len(plan.bounds) - 1, plan.optimizer.lr, logs["loss"])
     if plan.validation is not None:
-        val_logs = evaluate(net, *plan.validation, loss=plan.loss, metrics=plan.metrics,
-                            batch_size=plan.batch_size)
+        vx, vy, vw = plan.validation
+        val_logs = evaluate(net, vx, vy, loss=plan.loss, metrics=plan.metrics,
+                            batch_size=plan.batch_size, sample_weight=vw)
         logs.update({f"val_{k}": v for k, v in val_logs.items()})
     net.epoch = epoch + 1
     history.append(epoch, logs)
@@ -552,17 +605,28 @@ class _ProgressBar:
 
 
 class _EpochSums:
-    """Sums of loss and metric totals, kept on the device until the epoch ends."""
+    """Sums of loss and metric totals, kept on the device until the epoch ends.
+
+    The loss is weighted by each batch's rows, or by its sample weights when given
+    (whose sum is then kept on the device too); metrics by rows.
+    """
 
     def __init__(self, metrics: Sequence[M.Metric]):
         self.loss: Array | None = None
+        self.weight: Array | None = None  # the sum of sample weights, if any were given
         self.metrics: list[Array | None] = [None] * len(metrics)
         self.count = 0
         self.steps = 0
         self._fns = metrics
 
-    def add(self, value: Array, pred: Array, target: Array, n: int) -> None:
-        weighted = value * float(n)
+    def add(self, value: Array, pred: Array, target: Array, n: int,
+            sample_weight: Array | None = None) -> None:
+        if sample_weight is None:
+            weighted = value * float(n)
+        else:
+            total = namespace_of(value).sum(sample_weight)
+            self.weight = total if self.weight is None else self.weight + total
+            weighted = value * total
         self.loss = weighted if self.loss is None else self.loss + weighted
         for i, m in enumerate(self._fns):
             t = m.total(pred, target)
@@ -571,12 +635,16 @@ class _EpochSums:
         self.steps += 1
 
     def running_loss(self) -> float:
-        return float(to_numpy(self.loss)) / self.count if self.count else math.nan
+        return self._mean_loss() if self.count else math.nan
+
+    def _mean_loss(self) -> float:
+        total = self.count if self.weight is None else float(to_numpy(self.weight))
+        return float(to_numpy(self.loss)) / total
 
     def result(self, metrics: Sequence[M.Metric]) -> dict[str, float]:
         if not self.count:
             return {"loss": math.nan}
-        out = {"loss": float(to_numpy(self.loss)) / self.count}
+        out = {"loss": self._mean_loss()}
         for m, total in zip(metrics, self.metrics):
             out[m.name] = float(to_numpy(total)) / self.count
         return out
@@ -593,16 +661,19 @@ def evaluate(
     loss: str | L.Loss,
     metrics: Sequence[str | M.Metric] = (),
     batch_size: int | None = 256,
+    sample_weight: Any = None,
 ) -> dict[str, float]:
     """Loss and metrics of ``net`` on ``(x, y)`` in evaluation mode (no dropout, running
-    statistics), as a dict of floats; computed ``batch_size`` rows at a time."""
+    statistics), as a dict of floats; computed ``batch_size`` rows at a time. With
+    ``sample_weight`` (one per row) the loss is the weighted mean; metrics are not weighted."""
     loss = L.get(loss)
     metric_fns = [M.get(m, loss) for m in metrics]
     xa = net.as_input(x)
     ya = net.as_target(y, xa.shape[0], loss)
+    wa = sample_weights(net, sample_weight, xa.shape[0], loss)
     sums = _EpochSums(metric_fns)
     for lo, hi in _batch_bounds(xa.shape[0], batch_size):
-        bx, by = xa[lo:hi, ...], ya[lo:hi, ...]
+        bx, by, bw = _batch(net.xp, (xa, ya, wa), None, lo, hi)
         pred = net.forward_checked(bx, training=False)
-        sums.add(loss.value(pred, by), pred, by, hi - lo)
+        sums.add(loss.value(pred, by, bw), pred, by, hi - lo, bw)
     return sums.result(metric_fns)
