@@ -25,6 +25,7 @@ __all__ = [
     "HOST_DTYPES",
     "available_backends",
     "backend_name",
+    "device_name",
     "get_backend",
     "get_namespace",
     "has_float64",
@@ -194,6 +195,23 @@ def resolve_device(xp: ModuleType, device: Any = None) -> Any:
     if known and device not in known:
         raise ValueError(f"device {device!r} is not a device of backend {name!r}; it has {known}")
     return device
+
+
+def device_name(xp: ModuleType, device: Any) -> str:
+    """A string that :func:`resolve_device` maps back to ``device`` (of namespace ``xp``):
+    ``"cpu"``, ``"cuda:1"``, ``"cpu:0"`` (JAX), ``"device1"`` (array-api-strict).
+
+    It names a device without holding it, so that it can be pickled or written down.
+    """
+    name = backend_name(xp)
+    if name == "jax":
+        kind = "cpu" if device.platform == "cpu" else "cuda"
+        return f"{kind}:{device.id}"
+    if name == "cupy":
+        return f"cuda:{device.id}"
+    if name == "array_api_strict":
+        return str(getattr(device, "_device", device))
+    return str(device)
 
 
 def _devices(xp: ModuleType) -> list[Any]:
