@@ -56,6 +56,7 @@ __all__ = [
     "fit",
     "loss_and_gradients",
     "sample_weights",
+    "take_rows",
     "train_step",
 ]
 
@@ -518,7 +519,7 @@ def _run_epoch(plan: _FitPlan, epoch: int,
     for step, (lo, hi) in enumerate(plan.bounds):
         if interrupts.requested:
             break
-        bx, by, bw = _batch(xp, (plan.x, plan.y, plan.w), order, lo, hi)
+        bx, by, bw = take_rows(xp, (plan.x, plan.y, plan.w), order, lo, hi)
         value, pred = loss_and_gradients(net, bx, by, plan.loss, bw)
         if plan.check_finite and (step + 1) % plan.check_finite == 0:
             _check_divergence(plan, epoch, step, float(value), bar)
@@ -530,8 +531,8 @@ def _run_epoch(plan: _FitPlan, epoch: int,
     return sums, bar
 
 
-def _batch(xp: Any, arrays: Sequence[Array | None], order: Array | None, lo: int,
-           hi: int) -> list[Array | None]:
+def take_rows(xp: Any, arrays: Sequence[Array | None], order: Array | None, lo: int,
+              hi: int) -> list[Array | None]:
     """Rows ``lo:hi`` of each array (None stays None), in ``order`` if there is one."""
     if order is None:
         return [None if a is None else a[lo:hi, ...] for a in arrays]
@@ -673,7 +674,7 @@ def evaluate(
     wa = sample_weights(net, sample_weight, xa.shape[0], loss)
     sums = _EpochSums(metric_fns)
     for lo, hi in _batch_bounds(xa.shape[0], batch_size):
-        bx, by, bw = _batch(net.xp, (xa, ya, wa), None, lo, hi)
+        bx, by, bw = take_rows(net.xp, (xa, ya, wa), None, lo, hi)
         pred = net.forward_checked(bx, training=False)
         sums.add(loss.value(pred, by, bw), pred, by, hi - lo, bw)
     return sums.result(metric_fns)

@@ -20,7 +20,7 @@ import pytest
 import portanet as pn
 
 PACKAGE = Path(pn.__file__).resolve().parent
-MAY_NAME_ARRAY_LIBRARIES = {"backend.py", "_safe_npz.py", "io.py", "datasets.py", "cli.py"}
+MAY_NAME_ARRAY_LIBRARIES = {"backend.py", "_safe_npz.py", "io.py", "datasets.py", "sklearn.py", "cli.py"}
 ARRAY_LIBRARIES = {"numpy", "cupy", "cupyx", "torch", "jax", "jaxlib"}
 
 
