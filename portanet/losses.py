@@ -102,6 +102,12 @@ class Loss:
         scale = (sample_weight / _weight_total(xp, sample_weight)) * float(g.shape[0])
         return g * xp.reshape(scale, (g.shape[0],) + (1,) * (g.ndim - 1))
 
+    def value_and_grad(self, pred: Array, target: Array,
+                       sample_weight: Array | None = None) -> tuple[Array, Array]:
+        """:meth:`value` and :meth:`grad` together; built-in losses share their common
+        terms (one softmax for the cross-entropy), with results equal to the two calls."""
+        return self.value(pred, target, sample_weight), self.grad(pred, target, sample_weight)
+
     @property
     def weighs_samples(self) -> bool:
         """Whether the loss has a weighted form (a per-sample form)."""
@@ -211,6 +217,15 @@ class MSE(Loss):
     def _df(pred: Array, target: Array) -> Array:
         return (2.0 / _count(pred)) * (pred - target)
 
+    def value_and_grad(self, pred: Array, target: Array,
+                       sample_weight: Array | None = None) -> tuple[Array, Array]:
+        if sample_weight is not None:
+            return super().value_and_grad(pred, target, sample_weight)
+        xp = namespace_of(pred)
+        d = pred - target
+        value = xp.asarray(_mean(xp, d * d), dtype=pred.dtype, device=device_of(pred))
+        return value, (2.0 / _count(pred)) * d
+
 
 @REGISTRY.register("mae")
 class MAE(Loss):
@@ -310,6 +325,20 @@ class BCEWithLogits(Loss):
 
         return (sigmoid(z) - t) / _count(z)
 
+    def value_and_grad(self, z: Array, t: Array,
+                       sample_weight: Array | None = None) -> tuple[Array, Array]:
+        """One ``e = exp(-|z|)`` for both: ``softplus(z) = max(z, 0) + log1p(e)`` and
+        ``sigmoid(z) = 1 / (1 + e)`` for ``z >= 0``, ``e / (1 + e)`` below."""
+        if sample_weight is not None:
+            return super().value_and_grad(z, t, sample_weight)
+        xp = namespace_of(z)
+        e = xp.exp(-xp.abs(z))
+        value = _mean(xp, xp.maximum(z, xp.zeros_like(z)) - t * z + xp.log1p(e))
+        value = xp.asarray(value, dtype=z.dtype, device=device_of(z))
+        inverse = 1.0 / (1.0 + e)
+        sig = xp.where(z >= 0, inverse, e * inverse)
+        return value, (sig - t) / _count(z)
+
 
 def _log_softmax(xp: Any, z: Array) -> Array:
     """``z - max(z) - log(sum(e^{z - max(z)}))`` over the last axis."""
@@ -381,6 +410,22 @@ class CrossEntropy(Loss):
         from .activations import softmax
 
         return (softmax(z) - self._target_distribution(z, t)) / float(z.shape[0])
+
+    def value_and_grad(self, z: Array, t: Array,
+                       sample_weight: Array | None = None) -> tuple[Array, Array]:
+        """One softmax for both: ``e = exp(z - max z)``, ``log p = z - max z - log sum e``
+        and ``p = e / sum e``: the very operations of :meth:`value` and :meth:`grad`."""
+        if sample_weight is not None:
+            return super().value_and_grad(z, t, sample_weight)
+        xp = namespace_of(z)
+        shifted = z - xp.max(z, axis=-1, keepdims=True)
+        e = xp.exp(shifted)
+        total = xp.sum(e, axis=-1, keepdims=True)
+        q = self._target_distribution(z, t)
+        n = float(z.shape[0])
+        value = -xp.sum(q * (shifted - xp.log(total))) / n
+        value = xp.asarray(value, dtype=z.dtype, device=device_of(z))
+        return value, (e / total - q) / n
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "label_smoothing": self.label_smoothing}

@@ -23,12 +23,14 @@ initialization. The arithmetic of training runs in :mod:`portanet.training`'s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
 from types import ModuleType
 from typing import Any
 
+import array_api_compat.numpy  # noqa: F401  (NumPy's namespace: here, not in the first fit)
 import numpy as np
 import scipy.sparse as sp
 from array_api_compat import array_namespace, is_array_api_obj
@@ -40,7 +42,6 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
-from sklearn.utils import shuffle as shuffled
 from sklearn.utils._param_validation import (
     Interval,
     InvalidParameterError,
@@ -54,6 +55,7 @@ from sklearn.utils.multiclass import (
     unique_labels,
 )
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from threadpoolctl import ThreadpoolController
 
 from . import activations as A
 from . import io as pio
@@ -108,6 +110,12 @@ class _OutputSum(L.Loss):
 
     def _rows(self, pred: Array, target: Array) -> Array:
         return self.inner.per_sample(pred, target) * self._factor(pred)
+
+    def value_and_grad(self, pred: Array, target: Array,
+                       sample_weight: Array | None = None) -> tuple[Array, Array]:
+        value, grad = self.inner.value_and_grad(pred, target, sample_weight)
+        factor = self._factor(pred)
+        return value * factor, grad * factor
 
     def check_target(self, pred_shape: tuple[int, ...], target: Array) -> None:
         self.inner.check_target(pred_shape, target)
@@ -322,7 +330,8 @@ class _BaseMLP(BaseEstimator):
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._make_optimizer()
             net.optimizer = self._optimizer
-        self._fit_stochastic(data, loss, rs, incremental)
+        with _blas_threads_for(net, self._batch_size(x.shape[0])):
+            self._fit_stochastic(data, loss, rs, incremental)
         self._check_finite_weights()
         return self
 
@@ -357,8 +366,10 @@ class _BaseMLP(BaseEstimator):
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
-                if self.shuffle:
-                    order = shuffled(order, random_state=rs)
+                if self.shuffle:  # sklearn.utils.shuffle(order, random_state=rs), without
+                    perm = np.arange(n)  # its checks: the same draw, the same order
+                    rs.shuffle(perm)
+                    order = order[perm]
                 self.loss_ = self._epoch(train, loss, order if self.shuffle else None, batch)
                 self.n_iter_ += 1
                 self.t_ += n
@@ -562,6 +573,27 @@ def _load_network(data: bytes, backend: str, device: str) -> tuple[Sequential, O
                       f"which is not available here ({exc}); its network is loaded on NumPy",
                       stacklevel=3)
         return pio.loads(data, backend="numpy", return_optimizer=True)
+
+
+#: Below this many multiply-adds in a training step's forward matrix products, a NumPy
+#: network trains with one BLAS thread: more threads only wait for each other on such
+#: small products (and slow down badly when the other cores are busy).
+SMALL_STEP_MACS = 1 << 24
+
+
+def _blas_threads_for(net: Sequential, batch: int) -> Any:
+    """One BLAS thread while a small NumPy network trains (threadpoolctl, which
+    scikit-learn installs); a context that changes nothing otherwise."""
+    weights = [p for name, p in net.parameters().items() if name.endswith(".weight")]
+    macs = batch * sum(math.prod(w.shape) for w in weights)
+    if net.backend != "numpy" or macs >= SMALL_STEP_MACS:
+        return contextlib.nullcontext()
+    if not _THREADPOOLS:  # finding the loaded BLAS libraries takes a millisecond: once
+        _THREADPOOLS.append(ThreadpoolController())
+    return _THREADPOOLS[0].limit(limits=1, user_api="blas")
+
+
+_THREADPOOLS: list[Any] = []
 
 
 def _dispatching() -> bool:

@@ -92,8 +92,8 @@ def loss_and_gradients(net: Sequential, x: Array, y: Array, loss: L.Loss,
     gradient is not computed: nobody needs it.
     """
     pred = net.forward_checked(x, training=True)
-    value = loss.value(pred, y, sample_weight)
-    net.backward(loss.grad(pred, y, sample_weight), need_input_grad=False)
+    value, grad = loss.value_and_grad(pred, y, sample_weight)
+    net.backward(grad, need_input_grad=False)
     return value, pred
 
 

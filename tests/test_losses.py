@@ -185,3 +185,21 @@ def test_a_loss_without_a_per_sample_form_cannot_weight():
         plain.value(np.ones((2, 1)), np.zeros((2, 1)), np.ones(2))
     rows = pn.Loss(plain.f, plain.df, name="sq", per_sample=lambda p, t: ((p - t) ** 2)[:, 0])
     assert rows.value(np.ones((2, 1)), np.zeros((2, 1)), np.array([1.0, 3.0])) == 1.0
+
+
+@pytest.mark.parametrize("name,kw", WEIGHTED + [("mse", {})], ids=lambda v: str(v) if v else "")
+@pytest.mark.parametrize("weighted", [False, True])
+def test_value_and_grad_equal_value_and_grad(xp, dtype, name, kw, weighted):
+    """The fused call shares work but computes the same numbers as the two calls."""
+    xs, device = xp
+    rng = np.random.default_rng(2)
+    p = rng.normal(scale=3.0, size=(7, 4))
+    t = rng.integers(0, 4, size=7) if name == "cross_entropy" else rng.uniform(size=(7, 4))
+    loss = L.get({"name": name, **kw})
+    pp = put(xs, device, p, dtype)
+    tt = put(xs, device, t, "int64" if t.dtype.kind == "i" else dtype)
+    w = put(xs, device, rng.uniform(size=7), dtype) if weighted else None
+    value, grad = loss.value_and_grad(pp, tt, w)
+    assert_on(xs, device, value, dtype, ())
+    assert_close(value, loss.value(pp, tt, w), dtype)
+    assert_close(grad, loss.grad(pp, tt, w), dtype)
