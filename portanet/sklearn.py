@@ -282,10 +282,12 @@ class _BaseMLP(BaseEstimator):
         if self.solver == "sgd":
             return O.SGD(lr, momentum=float(self.momentum),
                          nesterov=bool(self.nesterovs_momentum) and self.momentum > 0)
-        betas = (float(self.beta_1), float(self.beta_2))
+        # scikit-learn's Adam adds epsilon to sqrt(v) before the bias correction: eps_hat
+        adam = {"betas": (float(self.beta_1), float(self.beta_2)), "eps": float(self.epsilon),
+                "eps_hat": True}
         if self.solver == "adamw":
-            return O.AdamW(lr, betas=betas, eps=float(self.epsilon), weight_decay=float(self.alpha))
-        return O.Adam(lr, betas=betas, eps=float(self.epsilon))
+            return O.AdamW(lr, weight_decay=float(self.alpha), **adam)
+        return O.Adam(lr, **adam)
 
     # ---------------------------------------------------------- fitting --
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _BaseMLP:

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import os
 
-import pytest
-from hypothesis import settings
+# scikit-learn's array-API dispatch (tests/test_sklearn.py) needs scipy's array-API
+# mode, which scipy reads once, when it is first imported: before anything imports it.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
-from portanet.backend import has_float64
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+from portanet.backend import has_float64  # noqa: E402
 
 # The same examples on every run: CI must not pass or fail by the luck of a draw.
 settings.register_profile("portanet", derandomize=True, deadline=None)
 settings.load_profile("portanet")
 
 BACKEND = os.environ.get("PORTANET_TEST_BACKEND", "numpy")
+
 STRICT_DEVICES = ("CPU_DEVICE", "device1", "no_float64")
 
 if BACKEND == "jax":
