@@ -40,3 +40,13 @@ def test_fit_snippet_runs(tmp_path, monkeypatch):
     exec(compile("import portanet as pn\n" + code, "README fit snippet", "exec"), namespace)
     assert len(namespace["history"].history["val_accuracy"]) == 2
     assert (tmp_path / "history.png").exists()
+
+
+def test_sklearn_snippet_runs(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    monkeypatch.chdir(tmp_path)
+    code = next(block for block in _blocks() if "portanet.sklearn" in block)
+    namespace: dict = {}
+    exec(compile(code, "README scikit-learn snippet", "exec"), namespace)
+    assert namespace["model"].score(namespace["x_te"], namespace["y_te"]) > 0.95
+    assert (tmp_path / "digits_mlp.npz").exists()
