@@ -332,7 +332,7 @@ class _BaseMLP(BaseEstimator):
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._make_optimizer()
             net.optimizer = self._optimizer
-        with _blas_threads_for(net, self._batch_size(x.shape[0])):
+        with _blas_threads_for(net, self._batch_size(x.shape[0], warn=False)):
             self._fit_stochastic(data, loss, rs, incremental)
         self._check_finite_weights()
         return self
@@ -389,9 +389,9 @@ class _BaseMLP(BaseEstimator):
                 if self.n_iter_ == self.max_iter:
                     warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
                                   "reached and the optimization hasn't converged yet.",
-                                  ConvergenceWarning, stacklevel=3)
+                                  ConvergenceWarning, stacklevel=4)
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", stacklevel=3)
+            warnings.warn("Training interrupted by user.", stacklevel=4)
         if self.early_stopping and self._best_state is not None:
             self.net_.load_state_dict(self._best_state)
 
@@ -412,12 +412,14 @@ class _BaseMLP(BaseEstimator):
         picks = [to_array(i, net.xp, net.device, "int64") for i in (fit_idx, val_idx)]
         return [take_rows(net.xp, data, p, 0, p.shape[0]) for p in picks]
 
-    def _batch_size(self, n: int) -> int:
+    def _batch_size(self, n: int, warn: bool = True) -> int:
+        """Rows per step for ``n`` rows: ``"auto"`` is ``min(200, n)``; more than ``n`` is
+        clipped to ``n`` (with scikit-learn's warning)."""
         if self.batch_size == "auto":
             return min(200, n)
-        if self.batch_size > n:
+        if warn and self.batch_size > n:
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
-                          "going to be clipped", stacklevel=4)
+                          "going to be clipped", stacklevel=5)
         return max(1, min(int(self.batch_size), n))
 
     def _epoch(self, data: tuple[Array, Array, Array | None], loss: L.Loss,

@@ -42,6 +42,7 @@ def test_fit_snippet_runs(tmp_path, monkeypatch):
     assert (tmp_path / "history.png").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer. Maximum iterations")
 def test_sklearn_snippet_runs(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
     monkeypatch.chdir(tmp_path)
