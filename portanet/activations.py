@@ -147,7 +147,7 @@ def _ones(x: Array) -> Array:
 
 def _relu(x: Array) -> Array:
     xp = namespace_of(x)
-    return xp.maximum(x, xp.zeros_like(x))
+    return xp.maximum(x, 0.0)
 
 
 def _step(x: Array) -> Array:
@@ -179,7 +179,7 @@ def _dtanh_of_output(y: Array) -> Array:
 def _softplus(x: Array) -> Array:
     # log(1 + e^x) = max(x, 0) + log1p(e^-|x|), stable for large |x|.
     xp = namespace_of(x)
-    return xp.maximum(x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
+    return xp.maximum(x, 0.0) + xp.log1p(xp.exp(-xp.abs(x)))
 
 
 def _silu(x: Array) -> Array:
@@ -282,12 +282,12 @@ class ELU(Activation):
     def _f(self, x: Array) -> Array:
         xp = namespace_of(x)
         # expm1 of min(x, 0): the unused branch of where never overflows.
-        neg = self.alpha * xp.expm1(xp.minimum(x, xp.zeros_like(x)))
+        neg = self.alpha * xp.expm1(xp.minimum(x, 0.0))
         return xp.where(x > 0, x, neg)
 
     def _df(self, x: Array) -> Array:
         xp = namespace_of(x)
-        neg = self.alpha * xp.exp(xp.minimum(x, xp.zeros_like(x)))
+        neg = self.alpha * xp.exp(xp.minimum(x, 0.0))
         return xp.where(x > 0, xp.ones_like(x), neg)
 
     def config(self) -> dict[str, Any]:

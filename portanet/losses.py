@@ -290,7 +290,7 @@ class Huber(Loss):
 
 def _log_sigmoid_parts(xp: Any, z: Array) -> tuple[Array, Array]:
     """Return ``max(z, 0)`` and ``log1p(exp(-|z|))``: softplus(z) is their sum."""
-    return xp.maximum(z, xp.zeros_like(z)), xp.log1p(xp.exp(-xp.abs(z)))
+    return xp.maximum(z, 0.0), xp.log1p(xp.exp(-xp.abs(z)))
 
 
 @REGISTRY.register("bce_with_logits")
@@ -333,7 +333,7 @@ class BCEWithLogits(Loss):
             return super().value_and_grad(z, t, sample_weight)
         xp = namespace_of(z)
         e = xp.exp(-xp.abs(z))
-        value = _mean(xp, xp.maximum(z, xp.zeros_like(z)) - t * z + xp.log1p(e))
+        value = _mean(xp, xp.maximum(z, 0.0) - t * z + xp.log1p(e))
         value = xp.asarray(value, dtype=z.dtype, device=device_of(z))
         inverse = 1.0 / (1.0 + e)
         sig = xp.where(z >= 0, inverse, e * inverse)

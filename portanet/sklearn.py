@@ -444,7 +444,8 @@ class _BaseMLP(BaseEstimator):
         reported loss ``(loss + alpha ||W||^2 / (2 s))`` times its rows, on the device."""
         net = self.net_
         params, grads = net.parameters(), net.gradients()
-        reported = value * self._report_scale()
+        scale = self._report_scale()
+        reported = value if scale == 1.0 else value * scale
         if self.alpha and self.solver != "adamw":
             xp = net.xp
             s = float(rows) if weights is None else xp.sum(weights)
