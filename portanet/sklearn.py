@@ -68,6 +68,7 @@ from .backend import (
     get_namespace,
     has_float64,
     resolve_device,
+    resolve_dtype,
     to_array,
     to_numpy,
 )
@@ -239,8 +240,8 @@ class _BaseMLP(BaseEstimator):
             device = resolve_device(xp, self.device)
         dtype = self.dtype or ("float32" if X.dtype == _namespace_dtype(X, "float32")
                                else "float64")
-        if dtype == "float64" and self.dtype is None and not has_float64(xp, device):
-            dtype = "float32"  # a device without float64 (MPS, strict's no_float64)
+        if dtype == "float64" and self.dtype is None and not _can_float64(xp, device):
+            dtype = "float32"  # a device without float64 (MPS, strict's no_float64, JAX's x32)
         return xp, device, dtype
 
     def _check_same_namespace(self, X: Any, method: str) -> None:
@@ -611,6 +612,15 @@ def _input_placement(X: Any) -> tuple[str, str]:
         return ("numpy", "cpu")
     xp = array_namespace(X)
     return backend_name(xp), device_name(xp, device_of(X))
+
+
+def _can_float64(xp: Any, device: Any) -> bool:
+    """Whether a network of ``xp`` on ``device`` can compute in float64."""
+    try:
+        resolve_dtype(xp, "float64", device)
+    except ValueError:
+        return False
+    return True
 
 
 def _foreign_array(X: Any) -> bool:

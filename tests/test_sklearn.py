@@ -410,3 +410,21 @@ def test_clone_keeps_parameters_and_drops_the_fit():
         warnings.simplefilter("error", ConvergenceWarning)
         with pytest.raises(ConvergenceWarning):
             copy.fit(x, y)
+
+
+def test_dtype_follows_the_data_and_the_device():
+    x, y = _data()
+    assert _clf().fit(x, y).net_.dtype_name == "float64"
+    assert _clf().fit(x.astype(np.float32), y).net_.dtype_name == "float32"
+    assert _clf(dtype="float32").fit(x, y).predict_proba(x).dtype == np.float32
+    pytest.importorskip("array_api_strict")
+    no64 = MLPClassifier(backend="array_api_strict", device="no_float64", max_iter=3).fit(x, y)
+    assert no64.net_.dtype_name == "float32"  # float64 data on a device without float64
+
+
+def test_no_hidden_layer_is_a_linear_model():
+    x, y = _data()
+    clf = _clf(hidden_layer_sizes=()).fit(x, y)
+    assert clf.n_layers_ == 2 and [w.shape for w in clf.coefs_] == [(6, 3)]
+    theirs = sk.MLPClassifier(hidden_layer_sizes=(), random_state=0, max_iter=30).fit(x, y)
+    np.testing.assert_allclose(clf.predict_proba(x), theirs.predict_proba(x), rtol=1e-6)
