@@ -739,8 +739,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _targets(self, y: Any, first: bool, incremental: bool,
                  sample_weight: Any) -> tuple[np.ndarray, int]:
-        """The network's targets for labels ``y`` (class indices, or 0/1 columns for a
-        binary or multilabel problem) and its number of outputs; sets ``classes_``."""
+        """The network's targets for labels ``y`` and its number of outputs; sets
+        ``classes_``. Targets are 0/1 columns, as scikit-learn's: one-hot rows for a
+        multiclass problem (the cross-entropy then builds no one-hot rows each step), one
+        column for a binary one, one per label for a multilabel one."""
         y = to_numpy(y)
         check_classification_targets(y)
         if not incremental and (not self.warm_start or not hasattr(self, "classes_")):
@@ -749,10 +751,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             self._label_binarizer, self.classes_ = binarizer, binarizer.classes_
         else:
             self._check_known_classes(y)
-        binarizer = self._label_binarizer
-        if binarizer.y_type_ == "multiclass":
-            return np.searchsorted(self.classes_, y), len(self.classes_)
-        onehot = binarizer.transform(y).astype(np.float64)
+        onehot = self._label_binarizer.transform(y).astype(np.float64)
         return onehot, onehot.shape[1]
 
     def _check_two_classes(self, binarizer: LabelBinarizer, y: np.ndarray,
@@ -809,7 +808,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             hits = xp.astype(z > (0.5 if targets else 0.0), xp.int64)
             return hits if in_namespace else to_numpy(hits)
         if kind == "multiclass":
-            idx = z if targets else xp.argmax(z, axis=1)
+            idx = xp.argmax(z, axis=1)  # of logits, or of one-hot targets
         else:
             idx = xp.astype(z[:, 0] > (0.5 if targets else 0.0), xp.int64)
         if in_namespace and self.classes_.dtype.kind in "biuf":
