@@ -398,7 +398,8 @@ class _BaseMLP(BaseEstimator):
 
     def _split(self, data: tuple[Array, Array, Array | None], rs: np.random.RandomState):
         """Training data, and the validation data of early stopping (or None): the split
-        that ``train_test_split`` makes with ``rs``, stratified for a classifier."""
+        that ``train_test_split`` makes with ``rs``, stratified where scikit-learn's MLP
+        stratifies (a classifier with one output: a binary problem)."""
         if not self.early_stopping:
             return data, None
         x, y, w = data
