@@ -30,6 +30,12 @@ import warnings
 from types import ModuleType
 from typing import Any
 
+try:
+    import sklearn  # noqa: F401
+except ImportError as exc:  # the one optional dependency of this module
+    raise ImportError('portanet.sklearn needs scikit-learn >= 1.6: pip install "portanet[sklearn]"'
+                      ) from exc
+
 import array_api_compat.numpy  # noqa: F401  (NumPy's namespace: here, not in the first fit)
 import numpy as np
 import scipy.sparse as sp

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -428,3 +430,12 @@ def test_no_hidden_layer_is_a_linear_model():
     assert clf.n_layers_ == 2 and [w.shape for w in clf.coefs_] == [(6, 3)]
     theirs = sk.MLPClassifier(hidden_layer_sizes=(), random_state=0, max_iter=30).fit(x, y)
     np.testing.assert_allclose(clf.predict_proba(x), theirs.predict_proba(x), rtol=1e-6)
+
+
+def test_without_scikit_learn_the_import_names_the_extra():
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "try:\n    import portanet.sklearn\nexcept ImportError as exc:\n    print(exc)\n"
+            "import portanet; portanet.Sequential([portanet.Dense(2, 1)])")  # the rest imports
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert 'needs scikit-learn >= 1.6: pip install "portanet[sklearn]"' in out.stdout
