@@ -36,7 +36,7 @@ REQUIRE_BACKEND = os.environ.get("PORTANET_TEST_REQUIRE_BACKEND", "") not in (""
 
 
 def _pytest(session: nox.Session, backend: str, *extras: str, env: dict | None = None) -> None:
-    session.install("-e", f".[{','.join(('test', 'datasets', 'plot') + extras)}]")
+    session.install("-e", f".[{','.join(('test', 'datasets', 'sklearn', 'plot') + extras)}]")
     # One BLAS/OpenMP thread: on a small shared CI machine torch's thread pool and
     # OpenBLAS slow each other down badly, and the tests time nothing.
     env = {"PORTANET_TEST_BACKEND": backend, "JAX_ENABLE_X64": "1", "OMP_NUM_THREADS": "1",
@@ -50,6 +50,8 @@ def _pytest(session: nox.Session, backend: str, *extras: str, env: dict | None =
 
 @nox.session(name="tests-numpy")
 def tests_numpy(session: nox.Session) -> None:
+    """Also installs pandas, for scikit-learn's DataFrame checks and feature_names_in_."""
+    session.install("pandas")
     _pytest(session, "numpy")
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.lib.format as npy_format
 
-__all__ = ["NotNpzError", "NpzError", "read", "read_bytes", "write_atomic"]
+__all__ = ["NotNpzError", "NpzError", "read", "read_bytes", "to_bytes", "write_atomic"]
 
 #: A deflated member cannot expand more than ~1032:1; a larger claim is damage.
 MAX_DEFLATE_RATIO = 1100
@@ -92,6 +92,13 @@ def write_atomic(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray])
             pass
         raise
     _fsync_directory(directory)
+
+
+def to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """The ``.npz`` archive that :func:`write_atomic` would write, as bytes."""
+    buffer = io.BytesIO()
+    _write_npz(buffer, arrays)
+    return buffer.getvalue()
 
 
 def _create_temp(directory: Path, name: str) -> Path:

@@ -25,6 +25,7 @@ __all__ = [
     "HOST_DTYPES",
     "available_backends",
     "backend_name",
+    "device_name",
     "get_backend",
     "get_namespace",
     "has_float64",
@@ -32,6 +33,7 @@ __all__ = [
     "host_rng",
     "host_zeros",
     "is_host_array",
+    "is_host_data",
     "namespace_of",
     "resolve_device",
     "resolve_dtype",
@@ -206,6 +208,23 @@ def resolve_device(xp: ModuleType, device: Any = None) -> Any:
     if known and device not in known:
         raise ValueError(f"device {device!r} is not a device of backend {name!r}; it has {known}")
     return device
+
+
+def device_name(xp: ModuleType, device: Any) -> str:
+    """A string that :func:`resolve_device` maps back to ``device`` (of namespace ``xp``):
+    ``"cpu"``, ``"cuda:1"``, ``"cpu:0"`` (JAX), ``"device1"`` (array-api-strict).
+
+    It names a device without holding it, so that it can be pickled or written down.
+    """
+    name = backend_name(xp)
+    if name == "jax":
+        kind = "cpu" if device.platform == "cpu" else "cuda"
+        return f"{kind}:{device.id}"
+    if name == "cupy":
+        return f"cuda:{device.id}"
+    if name == "array_api_strict":
+        return str(getattr(device, "_device", device))
+    return str(device)
 
 
 def _devices(xp: ModuleType) -> list[Any]:
@@ -500,6 +519,12 @@ def is_host_array(x: Any) -> bool:
         return x.device.type == "cpu"
     dev = array_api_compat.device(x)
     return getattr(dev, "platform", "cpu") == "cpu" if not isinstance(dev, str) else dev == "cpu"
+
+
+def is_host_data(x: Any) -> bool:
+    """Whether reading ``x`` costs no device sync: lists, scalars, NumPy arrays, and
+    arrays of any namespace in host memory."""
+    return not _is_array_api_array(x) or is_host_array(x)
 
 
 # ------------------------------------------------------------ inventory ----

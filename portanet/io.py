@@ -37,7 +37,7 @@ from .backend import get_namespace, resolve_device, resolve_dtype
 from .layers import Layer, from_config
 from .network import Sequential
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "save"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "dumps", "load", "loads", "read_metadata", "save"]
 
 #: The checkpoint layout this version writes (2 added buffers and the input shape).
 FORMAT_VERSION = 2
@@ -93,21 +93,37 @@ def save(
     FileNotFoundError
         The folder of ``path`` does not exist.
     """
-    if not isinstance(net, Sequential):
-        raise TypeError(f"save: net must be a portanet Sequential, got {type(net).__name__}")
-    if optimizer is not None and not isinstance(optimizer, O.Optimizer):
-        raise TypeError(
-            f"save: optimizer must be a portanet Optimizer or None, got {type(optimizer).__name__}"
-        )
-    epoch = getattr(net, "epoch", 0) if epoch is None else epoch
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-        raise ValueError(f"save: epoch must be an int >= 0, got {epoch!r}")
-    _check_rebuildable(net)
+    arrays = _checkpoint_arrays(net, optimizer, epoch, info,
+                                before_write=lambda: _check_folder(path))
+    npz.write_atomic(Path(path), arrays)
+
+
+def dumps(net: Sequential, optimizer: O.Optimizer | None = None, *,
+          epoch: int | None = None, info: Mapping[str, Any] | None = None) -> bytes:
+    """The checkpoint that :func:`save` would write, as bytes (the same ``.npz`` format).
+
+    :func:`loads` reads them back. This is how portanet's scikit-learn estimators
+    pickle: plain arrays and JSON, no live device objects.
+    """
+    return npz.to_bytes(_checkpoint_arrays(net, optimizer, epoch, info))
+
+
+def _check_folder(path: Any) -> None:
     target = Path(path)
     if not target.absolute().parent.is_dir():
         raise FileNotFoundError(
             errno.ENOENT, "save: no such directory", str(target.absolute().parent)
         )
+
+
+def _checkpoint_arrays(net: Sequential, optimizer: O.Optimizer | None, epoch: int | None,
+                       info: Mapping[str, Any] | None = None,
+                       before_write: Any = None) -> dict[str, np.ndarray]:
+    """Every entry of the checkpoint of ``net`` (and ``optimizer``), metadata included,
+    after checking the arguments (``before_write`` runs last, before anything is copied)."""
+    epoch = _checked_save_arguments(net, optimizer, epoch)
+    if before_write is not None:
+        before_write()
     state = net.state_dict()
     kinds = {"params": list(net.parameters()), "buffers": list(net.buffers())}
     arrays = {_PREFIXES[kind] + name: state[name] for kind, names in kinds.items()
@@ -132,7 +148,22 @@ def save(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"save: the network's metadata is not JSON-able: {exc}") from exc
     arrays[_META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    npz.write_atomic(target, arrays)
+    return arrays
+
+
+def _checked_save_arguments(net: Any, optimizer: Any, epoch: Any) -> int:
+    """Check what save and dumps were given; returns the epoch to record."""
+    if not isinstance(net, Sequential):
+        raise TypeError(f"save: net must be a portanet Sequential, got {type(net).__name__}")
+    if optimizer is not None and not isinstance(optimizer, O.Optimizer):
+        raise TypeError(
+            f"save: optimizer must be a portanet Optimizer or None, got {type(optimizer).__name__}"
+        )
+    epoch = getattr(net, "epoch", 0) if epoch is None else epoch
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise ValueError(f"save: epoch must be an int >= 0, got {epoch!r}")
+    _check_rebuildable(net)
+    return int(epoch)
 
 
 def _check_rebuildable(net: Sequential) -> None:
@@ -216,6 +247,35 @@ def load(
         architecture, or an unknown ``format_version``.
     """
     meta, arrays = _read(path)
+    return _rebuild(path, meta, arrays, backend, device, return_optimizer)
+
+
+def loads(
+    data: bytes,
+    backend: str | ModuleType | None = None,
+    device: Any = None,
+    *,
+    return_optimizer: bool = False,
+) -> Sequential | tuple[Sequential, O.Optimizer | None]:
+    """Rebuild a network from the bytes of :func:`dumps` (or of a checkpoint file).
+
+    Arguments, result and errors are those of :func:`load`; the data is validated
+    just as strictly.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"loads: data must be bytes, got {type(data).__name__}")
+    meta, arrays = _parse(bytes(data), _BYTES)
+    return _rebuild(_BYTES, meta, arrays, backend, device, return_optimizer)
+
+
+#: What messages call checkpoint data that :func:`loads` was given.
+_BYTES = "<checkpoint bytes>"
+
+
+def _rebuild(path: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], backend: Any,
+             device: Any, return_optimizer: bool) -> Any:
+    """The network (and optimizer) that validated checkpoint entries describe, built on
+    ``backend`` and ``device``; ``path`` (or :data:`_BYTES`) is named in messages."""
     cfg = meta["network"]
     # Backend and device are the caller's arguments: their errors pass through as they are.
     xp = get_namespace(backend)
@@ -324,6 +384,11 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.nd
         data = Path(path).read_bytes()
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"no checkpoint file at {_name(path)}") from exc
+    return _parse(data, path)
+
+
+def _parse(data: bytes, path: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Validate and parse checkpoint bytes read from ``path`` (named in messages)."""
     try:
         arrays = npz.read_bytes(data)
     except npz.NotNpzError as exc:

@@ -319,10 +319,12 @@ class Sequential:
         return g
 
     # ------------------------------------------- delegates to lower modules --
-    def train_step(self, x: Any, y: Any, loss: str | L.Loss, optimizer: Optimizer) -> Array:
-        """One forward, backward and optimizer update on ``(x, y)``; the loss as a 0-d
-        device array (no host sync). Delegates to :func:`portanet.training.train_step`."""
-        return _lower("training").train_step(self, x, y, loss, optimizer)
+    def train_step(self, x: Any, y: Any, loss: str | L.Loss, optimizer: Optimizer,
+                   sample_weight: Any = None) -> Array:
+        """One forward, backward and optimizer update on ``(x, y)`` (``sample_weight``: one
+        weight per row, for a weighted mean loss); the loss as a 0-d device array (no host
+        sync). Delegates to :func:`portanet.training.train_step`."""
+        return _lower("training").train_step(self, x, y, loss, optimizer, sample_weight)
 
     def fit(
         self,
@@ -336,6 +338,7 @@ class Sequential:
         shuffle: bool = True,
         validation_data: tuple[Any, Any] | None = None,
         validation_split: float = 0.0,
+        sample_weight: Any = None,
         metrics: Sequence[Any] = (),
         callbacks: Iterable[Any] = (),
         verbose: int = 1,
@@ -349,22 +352,24 @@ class Sequential:
         Every argument is described at :func:`portanet.training.fit`, to which this
         delegates: ``loss``, ``optimizer``, ``epochs``, ``batch_size`` (None: full
         batch), ``shuffle``, ``validation_data``, ``validation_split`` (the last
-        rows), ``metrics``, ``callbacks``, ``verbose`` (0 silent, 1 a bar, 2 a line
-        per epoch), ``initial_epoch``, ``check_finite``, ``divergence_factor`` and
+        rows), ``sample_weight`` (one weight per row: a weighted mean loss),
+        ``metrics``, ``callbacks``, ``verbose`` (0 silent, 1 a bar, 2 a line per
+        epoch), ``initial_epoch``, ``check_finite``, ``divergence_factor`` and
         ``distributed`` (``True`` or a communicator: data-parallel across MPI ranks).
         """
         return _lower("training").fit(self, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
                    batch_size=batch_size, shuffle=shuffle, validation_data=validation_data,
-                   validation_split=validation_split, metrics=metrics, callbacks=callbacks,
+                   validation_split=validation_split, sample_weight=sample_weight,
+                   metrics=metrics, callbacks=callbacks,
                    verbose=verbose, initial_epoch=initial_epoch, check_finite=check_finite,
                    divergence_factor=divergence_factor, distributed=distributed)
 
     def evaluate(self, x: Any, y: Any, *, loss: str | L.Loss, metrics: Sequence[Any] = (),
-                 batch_size: int | None = 256) -> dict[str, float]:
-        """Loss and metrics on ``(x, y)`` in evaluation mode, as floats. Delegates to
-        :func:`portanet.training.evaluate`."""
+                 batch_size: int | None = 256, sample_weight: Any = None) -> dict[str, float]:
+        """Loss and metrics on ``(x, y)`` in evaluation mode, as floats (``sample_weight``:
+        a weighted mean loss). Delegates to :func:`portanet.training.evaluate`."""
         return _lower("training").evaluate(self, x, y, loss=loss, metrics=metrics,
-                                           batch_size=batch_size)
+                                           batch_size=batch_size, sample_weight=sample_weight)
 
     def save(self, path: Any, optimizer: Optimizer | None = None, *,
              info: Mapping[str, Any] | None = None) -> None:

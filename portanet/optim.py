@@ -470,6 +470,10 @@ class Adam(Optimizer):
     ``a_t = lr sqrt(1 - b2^t) / (1 - b1^t)`` and ``eps_t = eps sqrt(1 - b2^t)``:
     the bias corrections become two host scalars, and the update makes one pass
     over the arrays fewer. It differs from torch's order only by rounding.
+
+    ``eps_hat=True`` takes ``eps`` as the paper's ``eps_hat`` instead, ``eps_t = eps``:
+    the rule of scikit-learn's MLP and of Keras, which adds ``eps`` to ``sqrt(v)``
+    before the bias correction. The two differ only where ``sqrt(v)`` is near ``eps``.
     """
 
     def __init__(
@@ -479,6 +483,8 @@ class Adam(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
+        *,
+        eps_hat: bool = False,
         **clipping: Any,
     ):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -487,6 +493,7 @@ class Adam(Optimizer):
         self.eps = _positive_float("eps", eps, allow_zero=True)
         self.weight_decay = _positive_float("weight_decay", weight_decay, allow_zero=True)
         self.amsgrad = bool(amsgrad)
+        self.eps_hat = bool(eps_hat)
         self.slots = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
         super().__init__(lr, **clipping)
 
@@ -494,7 +501,7 @@ class Adam(Optimizer):
         b1, b2 = self.betas
         bias_correction2_sqrt = math.sqrt(1.0 - b2**t)
         self._step_size = self.lr * bias_correction2_sqrt / (1.0 - b1**t)  # a_t
-        self._eps_t = self.eps * bias_correction2_sqrt
+        self._eps_t = self.eps if self.eps_hat else self.eps * bias_correction2_sqrt
 
     def _decay(self, p: Array, g: Array) -> tuple[Array, Array]:
         """Adam folds weight decay into the gradient (L2); AdamW overrides this."""
@@ -525,7 +532,8 @@ class Adam(Optimizer):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "betas": list(self.betas), "eps": self.eps,
-                "weight_decay": self.weight_decay, "amsgrad": self.amsgrad}
+                "weight_decay": self.weight_decay, "amsgrad": self.amsgrad,
+                "eps_hat": self.eps_hat}
 
 
 @OPTIMIZERS.register("adamw")
@@ -537,8 +545,8 @@ class AdamW(Adam):
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
-                 **clipping: Any):
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, **clipping)
+                 *, eps_hat: bool = False, **clipping: Any):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, eps_hat=eps_hat, **clipping)
 
     def _decay(self, p: Array, g: Array) -> tuple[Array, Array]:
         if self.weight_decay:

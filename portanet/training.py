@@ -35,7 +35,7 @@ from . import distributed as D
 from . import losses as L
 from . import metrics as M
 from . import optim as O
-from .backend import to_array, to_numpy
+from .backend import is_host_data, namespace_of, to_array, to_numpy
 from .callbacks import (
     Callback,
     EarlyStopping,
@@ -59,6 +59,8 @@ __all__ = [
     "evaluate",
     "fit",
     "loss_and_gradients",
+    "sample_weights",
+    "take_rows",
     "train_step",
 ]
 
@@ -84,17 +86,48 @@ class TrainingDivergedError(RuntimeError):
 # --------------------------------------------------------------- one step ----
 
 
-def loss_and_gradients(net: Sequential, x: Array, y: Array, loss: L.Loss) -> tuple[Array, Array]:
+def loss_and_gradients(net: Sequential, x: Array, y: Array, loss: L.Loss,
+                       sample_weight: Array | None = None) -> tuple[Array, Array]:
     """Forward in training mode, the loss, and backward, on device arrays that
-    ``net.as_input`` and ``net.as_target`` have checked.
+    ``net.as_input``, ``net.as_target`` (and :func:`sample_weights`) have checked.
 
-    Returns the loss (a 0-d device array) and the prediction; fills the layers'
-    gradients. The first layer's input gradient is not computed: nobody needs it.
+    Returns the loss (a 0-d device array; with ``sample_weight``, the weighted mean)
+    and the prediction; fills the layers' gradients. The first layer's input
+    gradient is not computed: nobody needs it.
     """
     pred = net.forward_checked(x, training=True)
-    value = loss.value(pred, y)
-    net.backward(loss.grad(pred, y), need_input_grad=False)
+    value, grad = loss.value_and_grad(pred, y, sample_weight)
+    net.backward(grad, need_input_grad=False)
     return value, pred
+
+
+def sample_weights(net: Sequential, w: Any, n: int, loss: L.Loss, *,
+                   read: bool = True) -> Array | None:
+    """``w`` (None, or one weight per sample) on ``net``'s device and dtype, checked.
+
+    Raises ``ValueError`` naming ``sample_weight`` for a shape other than ``(n,)`` and,
+    when ``read`` is true, for weights that are not finite, negative, or all zero; and
+    ``TypeError`` for a loss without a weighted form. ``read=False`` checks the shape
+    only, so that weights on a GPU are not brought to the host.
+    """
+    if w is None:
+        return None
+    if not loss.weighs_samples:
+        loss.per_sample(None, None)  # raises TypeError, naming the loss
+    a = to_array(w, net.xp, net.device, net.dtype, what="sample_weight")
+    if tuple(a.shape) != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},), one weight per sample, "
+                         f"got shape {tuple(a.shape)}")
+    if read:
+        xp = net.xp
+        if not bool(xp.all(xp.isfinite(a))):
+            raise ValueError("sample_weight must be finite, got NaN or infinity")
+        if bool(xp.any(a < 0.0)):
+            raise ValueError("sample_weight must be >= 0, got negative weights")
+        if not bool(xp.any(a > 0.0)):
+            raise ValueError("sample_weight must hold at least one non-zero weight; "
+                             "all weights are zero")
+    return a
 
 
 def apply_gradients(net: Sequential, optimizer: O.Optimizer,
@@ -106,18 +139,21 @@ def apply_gradients(net: Sequential, optimizer: O.Optimizer,
 
 
 def train_step(net: Sequential, x: Any, y: Any, loss: str | L.Loss,
-               optimizer: O.Optimizer) -> Array:
+               optimizer: O.Optimizer, sample_weight: Any = None) -> Array:
     """One forward, backward and optimizer update of ``net`` on the batch ``(x, y)``.
 
     Returns the loss as a 0-d array on the device: nothing is synced with the
-    host. Inputs are checked before anything changes.
+    host. Inputs are checked before anything changes. ``sample_weight`` (one weight
+    per row) makes the loss the weighted mean; its values are checked where they
+    are on the host (weights on a GPU are not read, to keep the step free of syncs).
     """
     loss = L.get(loss)
     if not isinstance(optimizer, O.Optimizer):
         raise TypeError(f"optimizer must be a portanet Optimizer, got {type(optimizer).__name__}")
     xa = net.as_input(x)
     ya = net.as_target(y, xa.shape[0], loss)
-    value, _ = loss_and_gradients(net, xa, ya, loss)
+    wa = sample_weights(net, sample_weight, xa.shape[0], loss, read=is_host_data(sample_weight))
+    value, _ = loss_and_gradients(net, xa, ya, loss, wa)
     apply_gradients(net, optimizer)
     return value
 
@@ -291,7 +327,8 @@ class _FitPlan:
     callbacks: list[Callback]
     x: Array
     y: Array
-    validation: tuple[Array, Array] | None
+    w: Array | None
+    validation: tuple[Array, Array, Array | None] | None
     bounds: list[tuple[int, int]]
     batch_size: int | None
     epochs: int
@@ -322,6 +359,7 @@ def fit(
     shuffle: bool = True,
     validation_data: tuple[Any, Any] | None = None,
     validation_split: float = 0.0,
+    sample_weight: Any = None,
     metrics: Sequence[str | M.Metric] = (),
     callbacks: Iterable[Callback] = (),
     verbose: int = 1,
@@ -353,6 +391,12 @@ def fit(
     validation_split : float
         Instead of ``validation_data``, hold out this fraction of the *last* rows
         (before shuffling, as Keras does).
+    sample_weight : array of shape (n,), optional
+        One weight per row, moved with its row: the loss becomes the weighted mean
+        ``sum_i w_i l_i / sum_i w_i`` (and its gradient that of the weighted mean), so a
+        weight of 2 counts a row twice. Weights must be finite, >= 0 and not all zero.
+        ``validation_split`` holds out the last rows' weights with them; metrics are
+        not weighted.
     metrics : sequence of str or Metric
         ``"accuracy"``, ``"mse"``, ``"mae"`` or :class:`~portanet.metrics.Metric` objects.
     callbacks : iterable of Callback
@@ -385,8 +429,8 @@ def fit(
         ``history.interrupted`` is true when Ctrl-C stopped training at a step boundary.
     """
     plan = _plan_fit(net, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
-                     validation_split, metrics, callbacks, verbose, initial_epoch,
-                     check_finite, divergence_factor, distributed)
+                     validation_split, sample_weight, metrics, callbacks, verbose,
+                     initial_epoch, check_finite, divergence_factor, distributed)
     history = History()
     _begin(plan)
     with _Interrupts() as interrupts, _across_ranks(plan):
@@ -440,8 +484,9 @@ def _across_ranks(plan: _FitPlan) -> Iterator[None]:
 
 def _plan_fit(net: Sequential, x: Any, y: Any, loss: Any, optimizer: Any, epochs: Any,
               batch_size: Any, shuffle: bool, validation_data: Any, validation_split: Any,
-              metrics: Any, callbacks: Any, verbose: Any, initial_epoch: Any,
-              check_finite: Any, divergence_factor: float, distributed: Any) -> _FitPlan:
+              sample_weight: Any, metrics: Any, callbacks: Any, verbose: Any,
+              initial_epoch: Any, check_finite: Any, divergence_factor: float,
+              distributed: Any) -> _FitPlan:
     """Check every argument of ``fit`` and move the data to the device, before anything
     changes (a bad argument leaves the network, optimizer and RNG as they were)."""
     loss = L.get(loss)
@@ -462,10 +507,11 @@ def _plan_fit(net: Sequential, x: Any, y: Any, loss: Any, optimizer: Any, epochs
     if verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     parallel = _data_parallel(distributed)
-    xa, ya, val = _training_and_validation(net, x, y, loss, validation_data, validation_split)
+    xa, ya, wa, val = _training_and_validation(net, x, y, loss, validation_data,
+                                               validation_split, sample_weight)
     return _FitPlan(
         net=net, loss=loss, optimizer=optimizer, metrics=metric_fns, callbacks=callbacks,
-        x=xa, y=ya, validation=val, bounds=_batch_bounds(xa.shape[0], batch_size),
+        x=xa, y=ya, w=wa, validation=val, bounds=_batch_bounds(xa.shape[0], batch_size),
         batch_size=batch_size, epochs=epochs, initial_epoch=initial_epoch, shuffle=shuffle,
         verbose=verbose if parallel is None or parallel.comm.is_root else 0,
         check_finite=check_finite, guard=_DivergenceGuard(divergence_factor),
@@ -486,8 +532,9 @@ def _data_parallel(distributed: Any) -> D.DataParallel | None:
 
 
 def _training_and_validation(net: Sequential, x: Any, y: Any, loss: L.Loss,
-                             validation_data: Any, split: Any):
-    """The training arrays on the device, and the validation pair (or None)."""
+                             validation_data: Any, split: Any, sample_weight: Any):
+    """The training arrays and weights on the device, and the validation triple
+    ``(x, y, weights or None)`` (or None)."""
     if validation_data is not None and (
         not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
     ):
@@ -499,17 +546,19 @@ def _training_and_validation(net: Sequential, x: Any, y: Any, loss: L.Loss,
     xa = net.as_input(x)
     ya = net.as_target(y, xa.shape[0], loss)
     n = xa.shape[0]
+    wa = sample_weights(net, sample_weight, n, loss)
     n_val = int(n * split)
     if split and (n_val == 0 or n_val == n):
         raise ValueError(f"validation_split={split} leaves an empty set for {n} samples")
     if n_val:
         cut = n - n_val  # the last rows, before any shuffling, as Keras does
-        return xa[:cut, ...], ya[:cut, ...], (xa[cut:, ...], ya[cut:, ...])
+        w_fit, w_val = (None, None) if wa is None else (wa[:cut], wa[cut:])
+        return xa[:cut, ...], ya[:cut, ...], w_fit, (xa[cut:, ...], ya[cut:, ...], w_val)
     if validation_data is None:
-        return xa, ya, None
+        return xa, ya, wa, None
     vx, vy = validation_data
     vxa = net.as_input(vx, what="validation x")
-    return xa, ya, (vxa, net.as_target(vy, vxa.shape[0], loss))
+    return xa, ya, wa, (vxa, net.as_target(vy, vxa.shape[0], loss), None)
 
 
 def _batch_bounds(n: int, batch_size: int | None) -> list[tuple[int, int]]:
@@ -528,56 +577,77 @@ def _run_epoch(plan: _FitPlan, epoch: int,
     n = plan.x.shape[0]
     order = (to_array(net.rng.permutation(n), xp, net.device, xp.int64)
              if plan.shuffle else None)
-    sums = _EpochSums(plan.metrics)
+    sums = _EpochSums(plan.metrics, weighted=plan.w is not None)
     bar = _ProgressBar(plan.verbose, epoch, plan.epochs, len(plan.bounds))
     for step, (lo, hi) in enumerate(plan.bounds):
         if plan.stop_requested(interrupts):
             return sums, bar, True
         first, stop = (lo, hi) if plan.parallel is None else plan.parallel.rows(lo, hi)
-        bx, by = _batch(plan, order, first, stop)
-        value, pred, grads, total = _step_gradients(plan, bx, by, (hi - lo, first - lo, stop - lo))
+        bx, by, bw, share = _batch(plan, order, lo, hi, first, stop)
+        value, pred, grads, total = _step_gradients(plan, bx, by, bw, share,
+                                                    (hi - lo, first - lo, stop - lo))
         if plan.check_finite and (step + 1) % plan.check_finite == 0:
             _check_divergence(plan, epoch, step, float(to_numpy(total)), bar)
         apply_gradients(net, plan.optimizer, grads)
-        sums.add(value, pred, by, stop - first)
+        sums.add(value, pred, by, stop - first, bw)
         for cb in plan.callbacks:
             cb.on_batch_end(step, {"epoch": epoch})
         bar.step(sums)
     return sums, bar, False
 
 
-def _batch(plan: _FitPlan, order: Array | None, first: int, stop: int) -> tuple[Array, Array]:
-    """Rows ``first:stop`` of the epoch's order (or of the data, without shuffling)."""
-    if order is None:
-        return plan.x[first:stop, ...], plan.y[first:stop, ...]
-    xp, idx = plan.net.xp, order[first:stop]
-    return xp.take(plan.x, idx, axis=0), xp.take(plan.y, idx, axis=0)
+def _batch(plan: _FitPlan, order: Array | None, lo: int, hi: int, first: int,
+           stop: int) -> tuple[Array, Array, Array | None, Any]:
+    """This rank's rows ``first:stop`` of the global batch ``lo:hi`` (in the epoch's order
+    when shuffled), their weights, and their share of the global batch's loss: their
+    fraction of its rows, or of its weight (every rank holds every weight)."""
+    xp = plan.net.xp
+    bx, by, bw = take_rows(xp, (plan.x, plan.y, plan.w), order, first, stop)
+    if plan.parallel is None:
+        return bx, by, bw, 1.0
+    if bw is None:
+        return bx, by, bw, (stop - first) / (hi - lo)
+    (global_w,) = take_rows(xp, (plan.w,), order, lo, hi)
+    # a global batch of zero weight counts for nothing: 0 / tiny, not 0 / 0
+    total = xp.maximum(xp.sum(global_w), xp.finfo(global_w.dtype).tiny)
+    return bx, by, bw, xp.sum(bw) / total
 
 
-def _step_gradients(plan: _FitPlan, bx: Array, by: Array, rows: tuple[int, int, int]):
+def _step_gradients(plan: _FitPlan, bx: Array, by: Array, bw: Array | None, share: Any,
+                    rows: tuple[int, int, int]):
     """This step's loss, prediction and gradients, and the loss of the whole global batch.
 
     In one process that is :func:`loss_and_gradients`. Across ranks, the global batch's
-    mean loss is ``sum_r share_r L_r`` (``share_r``: a rank's fraction of the rows), so
-    each rank backpropagates ``share_r dL_r/dpred``, the global loss's gradient (which
-    BatchNorm's cross-rank statistics need), and one allreduce sums the parameter
-    gradients. A rank with no rows still runs (an empty batch) and joins every collective.
+    mean loss is ``sum_r share_r L_r`` (``share_r``: a rank's fraction of the rows, or of
+    the weight), so each rank backpropagates ``share_r dL_r/dpred``, the global loss's
+    gradient (which BatchNorm's cross-rank statistics need), and one allreduce sums the
+    parameter gradients. A rank with no rows still runs (an empty batch) and joins every
+    collective.
     """
     net = plan.net
     if plan.parallel is None:
-        value, pred = loss_and_gradients(net, bx, by, plan.loss)
+        value, pred = loss_and_gradients(net, bx, by, plan.loss, bw)
         return value, pred, net.gradients(), value
-    xp, share = net.xp, bx.shape[0] / rows[0]
+    xp = net.xp
     net.context.global_rows = rows
     pred = net.forward_checked(bx, training=True)
     if bx.shape[0]:
-        value = plan.loss.value(pred, by)
-        grad = plan.loss.grad(pred, by) * share
+        value, grad = plan.loss.value_and_grad(pred, by, bw)
+        grad = grad * share
     else:
         value, grad = xp.zeros((), dtype=net.dtype, device=net.device), xp.zeros_like(pred)
     net.backward(grad, need_input_grad=False)
     grads, total = plan.parallel.reduce(net.gradients(), value * share)
     return value, pred, grads, total
+
+
+def take_rows(xp: Any, arrays: Sequence[Array | None], order: Array | None, lo: int,
+              hi: int) -> list[Array | None]:
+    """Rows ``lo:hi`` of each array (None stays None), in ``order`` if there is one."""
+    if order is None:
+        return [None if a is None else a[lo:hi, ...] for a in arrays]
+    idx = order[lo:hi]
+    return [None if a is None else xp.take(a, idx, axis=0) for a in arrays]
 
 
 def _check_divergence(plan: _FitPlan, epoch: int, step: int, value: float,
@@ -661,17 +731,29 @@ class _ProgressBar:
 
 
 class _EpochSums:
-    """Sums of loss and metric totals, kept on the device until the epoch ends."""
+    """Sums of loss and metric totals, kept on the device until the epoch ends.
 
-    def __init__(self, metrics: Sequence[M.Metric]):
+    The loss is weighted by each batch's rows, or by its sample weights when given
+    (whose sum is then kept on the device too); metrics by rows.
+    """
+
+    def __init__(self, metrics: Sequence[M.Metric], weighted: bool = False):
         self.loss: Array | None = None
+        self.weighted = weighted  # the loss is a weighted mean (fixed, so that ranks agree)
+        self.weight: Array | None = None  # the sum of the sample weights seen
         self.metrics: list[Array | None] = [None] * len(metrics)
         self.count = 0
         self.steps = 0
         self._fns = metrics
 
-    def add(self, value: Array, pred: Array, target: Array, n: int) -> None:
-        weighted = value * float(n)
+    def add(self, value: Array, pred: Array, target: Array, n: int,
+            sample_weight: Array | None = None) -> None:
+        if sample_weight is None:
+            weighted = value * float(n)
+        else:
+            total = namespace_of(value).sum(sample_weight)
+            self.weight = total if self.weight is None else self.weight + total
+            weighted = value * total
         self.loss = weighted if self.loss is None else self.loss + weighted
         for i, m in enumerate(self._fns):
             t = m.total(pred, target)
@@ -680,21 +762,35 @@ class _EpochSums:
         self.steps += 1
 
     def running_loss(self) -> float:
-        return float(to_numpy(self.loss)) / self.count if self.count else math.nan
+        """This rank's mean loss so far (for the progress bar)."""
+        if not self.count:
+            return math.nan
+        return _mean(_host(self.loss), _host(self.weight) if self.weighted else self.count)
 
     def result(self, metrics: Sequence[M.Metric], comm: D.Communicator | None = None
                ) -> dict[str, float]:
-        """The epoch's mean loss and metrics (summed over ranks first, with ``comm``)."""
-        totals = [0.0 if t is None else float(to_numpy(t)) for t in (self.loss, *self.metrics)]
-        count = float(self.count)
+        """The epoch's mean loss and metrics (summed over ranks first, with ``comm``). A
+        weighted loss over weights that sum to zero is undefined: NaN."""
+        sums = [_host(t) for t in (self.loss, *self.metrics)] + [float(self.count)]
+        if self.weighted:
+            sums.append(_host(self.weight))
         if comm is not None:
-            *totals, count = comm.allreduce_host([*totals, count])
+            sums = comm.allreduce_host(sums)
+        count = sums[len(metrics) + 1]
         if not count:
             return {"loss": math.nan}
-        out = {"loss": totals[0] / count}
-        for m, total in zip(metrics, totals[1:]):
+        out = {"loss": _mean(sums[0], sums[-1] if self.weighted else count)}
+        for m, total in zip(metrics, sums[1:]):
             out[m.name] = total / count
         return out
+
+
+def _host(total: Array | None) -> float:
+    return 0.0 if total is None else float(to_numpy(total))
+
+
+def _mean(total: float, weight: float) -> float:
+    return total / weight if weight else math.nan
 
 
 # ------------------------------------------------------------- evaluate ----
@@ -708,24 +804,28 @@ def evaluate(
     loss: str | L.Loss,
     metrics: Sequence[str | M.Metric] = (),
     batch_size: int | None = 256,
+    sample_weight: Any = None,
 ) -> dict[str, float]:
     """Loss and metrics of ``net`` on ``(x, y)`` in evaluation mode (no dropout, running
-    statistics), as a dict of floats; computed ``batch_size`` rows at a time."""
+    statistics), as a dict of floats; computed ``batch_size`` rows at a time. With
+    ``sample_weight`` (one per row) the loss is the weighted mean; metrics are not weighted."""
     loss = L.get(loss)
     metric_fns = [M.get(m, loss) for m in metrics]
     xa = net.as_input(x)
-    return _evaluate(net, xa, net.as_target(y, xa.shape[0], loss), loss, metric_fns,
-                     batch_size, None)
+    ya = net.as_target(y, xa.shape[0], loss)
+    wa = sample_weights(net, sample_weight, xa.shape[0], loss)
+    return _evaluate(net, xa, ya, wa, loss, metric_fns, batch_size, None)
 
 
-def _evaluate(net: Sequential, xa: Array, ya: Array, loss: L.Loss, metrics: list[M.Metric],
-              batch_size: int | None, parallel: D.DataParallel | None) -> dict[str, float]:
+def _evaluate(net: Sequential, xa: Array, ya: Array, wa: Array | None, loss: L.Loss,
+              metrics: list[M.Metric], batch_size: int | None,
+              parallel: D.DataParallel | None) -> dict[str, float]:
     """Evaluation on checked arrays; across ranks, each evaluates its share of the rows."""
     first, stop = (0, xa.shape[0]) if parallel is None else parallel.rows(0, xa.shape[0])
-    xa, ya = xa[first:stop, ...], ya[first:stop, ...]
-    sums = _EpochSums(metrics)
+    xa, ya, wa = take_rows(net.xp, (xa, ya, wa), None, first, stop)
+    sums = _EpochSums(metrics, weighted=wa is not None)
     for lo, hi in _batch_bounds(xa.shape[0], batch_size):
-        bx, by = xa[lo:hi, ...], ya[lo:hi, ...]
+        bx, by, bw = take_rows(net.xp, (xa, ya, wa), None, lo, hi)
         pred = net.forward_checked(bx, training=False)
-        sums.add(loss.value(pred, by), pred, by, hi - lo)
+        sums.add(loss.value(pred, by, bw), pred, by, hi - lo, bw)
     return sums.result(metrics, None if parallel is None else parallel.comm)

@@ -23,11 +23,15 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-from _util import BACKEND, EMULATED_CUPY, REQUIRE_BACKEND, skip_or_fail
-from hypothesis import settings
+# scikit-learn's array-API dispatch (tests/test_sklearn.py) needs scipy's array-API
+# mode, which scipy reads once, when it is first imported: before anything imports it.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
-from portanet.backend import has_float64, to_numpy
+import pytest  # noqa: E402
+from _util import BACKEND, EMULATED_CUPY, REQUIRE_BACKEND, skip_or_fail  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+from portanet.backend import has_float64, to_numpy  # noqa: E402
 
 # The same examples on every run: CI must not pass or fail by the luck of a draw.
 settings.register_profile("portanet", derandomize=True, deadline=None)

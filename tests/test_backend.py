@@ -152,6 +152,8 @@ def test_device_strings(xp):
 def test_device_objects_pass_through(xp):
     xs, device = xp
     assert B.resolve_device(xs, device) == device
+    name = B.device_name(xs, device)  # a plain string that names the device
+    assert isinstance(name, str) and B.resolve_device(xs, name) == device
     net = pn.Sequential([pn.Dense(2, 3)], backend=xs, device=device, seed=0)
     for p in net.parameters().values():
         assert_on(xs, device, p, "float32")

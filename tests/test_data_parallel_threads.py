@@ -114,24 +114,31 @@ NETWORKS = {
 }
 
 
-def train(kind: str, xp, dtype: str, comm, batch: int, optimizer: str = "adam"):
+def weights(n: int) -> np.ndarray:
+    w = np.random.default_rng(1).uniform(0.0, 3.0, n)
+    w[:20] = 0.0  # whole zero-weight shares and batches, on either rank
+    return w
+
+
+def train(kind: str, xp, dtype: str, comm, batch: int, weighted: bool = False):
     backend, device = xp
     x, y = data(images=kind == "cnn")
     net = pn.Sequential(NETWORKS[kind](), backend=backend, device=device, dtype=dtype, seed=0,
                         input_shape=x.shape[1:])
-    opt = pn.Adam(1e-2) if optimizer == "adam" else pn.SGD(0.05, momentum=0.9)
-    history = net.fit(x, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=batch,
-                      metrics=["accuracy"], validation_split=0.2, verbose=0, distributed=comm)
+    history = net.fit(x, y, loss="cross_entropy", optimizer=pn.Adam(1e-2), epochs=2,
+                      batch_size=batch, metrics=["accuracy"], validation_split=0.2, verbose=0,
+                      distributed=comm, sample_weight=weights(len(x)) if weighted else None)
     return net, history
 
 
-@pytest.mark.parametrize("kind, batch", [("mlp", 32), ("mlp", 37), ("bn-dropout", 37),
-                                         ("cnn", 25)])
-def test_two_ranks_train_what_one_process_trains(xp, dtype, kind, batch):
-    if BACKEND == "jax" and kind != "bn-dropout":  # the case that holds every synced path
+@pytest.mark.parametrize("kind, batch, weighted", [
+    ("mlp", 32, False), ("mlp", 37, False), ("mlp", 37, True), ("bn-dropout", 37, False),
+    ("bn-dropout", 16, True), ("cnn", 25, False)])
+def test_two_ranks_train_what_one_process_trains(xp, dtype, kind, batch, weighted):
+    if BACKEND == "jax" and kind != "bn-dropout":  # the cases that hold every synced path
         pytest.skip("JAX compiles each new shape (each rank's share): 3 minutes for all cases")
-    one, one_history = train(kind, xp, dtype, None, batch)
-    ranks = run_ranks(lambda comm: train(kind, xp, dtype, comm, batch))
+    one, one_history = train(kind, xp, dtype, None, batch, weighted)
+    ranks = run_ranks(lambda comm: train(kind, xp, dtype, comm, batch, weighted))
     bound = AGREEMENT_RTOL[dtype]
     for net, history in ranks:
         for state in ("parameters", "buffers"):

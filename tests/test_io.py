@@ -96,6 +96,25 @@ def test_session_backend_to_numpy_and_back(xp, tmp_path):
     _assert_same_params(again, net)
 
 
+def test_dumps_and_loads_are_a_checkpoint_in_memory(xp, tmp_path):
+    ns, device = xp
+    net = _net(ns, device)
+    opt = pn.Adam(lr=0.01)
+    _train(net, opt, 2)
+    data = pn.io.dumps(net, opt)
+    save(net, tmp_path / "m.npz", optimizer=opt)
+    assert data == (tmp_path / "m.npz").read_bytes()  # the very same file format
+    back, back_opt = pn.io.loads(data, backend=ns, device=device, return_optimizer=True)
+    _assert_same_params(back, net)
+    assert back_opt.step_count == opt.step_count and back.optimizer is back_opt
+    for p in back.parameters().values():
+        assert_on(ns, device, p, "float32")
+    with pytest.raises(CheckpointError, match=r"'<checkpoint bytes>': truncated or corrupted"):
+        pn.io.loads(data[:-50])
+    with pytest.raises(TypeError, match="loads: data must be bytes, got str"):
+        pn.io.loads("model.npz")
+
+
 def test_path_is_written_exactly_as_given(tmp_path):
     net = _net("numpy", None)
     save(net, str(tmp_path / "model.ckpt"))  # str, and no .npz suffix

@@ -146,3 +146,72 @@ def test_get_by_name():
         L.CrossEntropy(label_smoothing=1.5)
     with pytest.raises(ValueError, match="delta"):
         L.Huber(0.0)
+
+
+# ------------------------------------------------------------ weighted form ----
+
+WEIGHTED = [("mse", {}), ("mae", {}), ("huber", {"delta": 0.5}), ("bce_with_logits", {}),
+            ("cross_entropy", {}), ("cross_entropy", {"label_smoothing": 0.1})]
+
+
+@pytest.mark.parametrize("name,kw", WEIGHTED, ids=lambda v: str(v) if v else "")
+def test_a_weight_of_two_equals_a_repeated_row(xp, dtype, name, kw):
+    """Weights [2, 1, 1, 0, 1, 3] give the value and gradient of the rows repeated that often."""
+    xs, device = xp
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(6, 3))
+    t = rng.integers(0, 3, size=6) if name == "cross_entropy" else rng.uniform(size=(6, 3))
+    w = np.array([2.0, 1.0, 1.0, 0.0, 1.0, 3.0])
+    rows = np.repeat(np.arange(6), w.astype(int))
+    loss = L.get({"name": name, **kw})
+    tt = put(xs, device, t, "int64" if t.dtype.kind == "i" else dtype)
+    pp, ww = put(xs, device, p, dtype), put(xs, device, w, dtype)
+    value = loss.value(pp, tt, ww)
+    assert_on(xs, device, value, dtype, ())
+    rp, rt = put(xs, device, p[rows], dtype), xs.take(tt, put(xs, device, rows, "int64"), axis=0)
+    assert_close(value, loss.value(rp, rt), dtype)
+    grad = host(loss.grad(pp, tt, ww))
+    repeated = host(loss.grad(rp, rt))
+    summed = np.zeros_like(grad)  # a repeated row's gradient is the sum over its copies
+    np.add.at(summed, rows, repeated)
+    assert_close(grad, summed, dtype)
+    assert np.all(grad[3] == 0.0)  # weight 0: no gradient at all
+
+
+def test_unit_weights_change_nothing_and_zero_weights_count_for_nothing(xp):
+    xs, device = xp
+    rng = np.random.default_rng(1)
+    p, t = put(xs, device, rng.normal(size=(5, 2)), "float32"), put(xs, device,
+                                                                    rng.normal(size=(5, 2)), "float32")
+    ones, zeros = put(xs, device, np.ones(5), "float32"), put(xs, device, np.zeros(5), "float32")
+    assert_close(pn.MSE().value(p, t, ones), pn.MSE().value(p, t), "float32")
+    assert_close(pn.MSE().grad(p, t, ones), pn.MSE().grad(p, t), "float32")
+    assert float(host(pn.MSE().value(p, t, zeros))) == 0.0  # not NaN: nothing to average
+    assert np.all(host(pn.MSE().grad(p, t, zeros)) == 0.0)
+
+
+def test_a_loss_without_a_per_sample_form_cannot_weight():
+    plain = pn.Loss(lambda p, t: ((p - t) ** 2).sum(), lambda p, t: 2 * (p - t), name="sq")
+    assert not plain.weighs_samples and pn.MSE().weighs_samples
+    with pytest.raises(TypeError, match=r"loss 'sq' has no per-sample form.*per_sample="):
+        plain.value(np.ones((2, 1)), np.zeros((2, 1)), np.ones(2))
+    rows = pn.Loss(plain.f, plain.df, name="sq", per_sample=lambda p, t: ((p - t) ** 2)[:, 0])
+    assert rows.value(np.ones((2, 1)), np.zeros((2, 1)), np.array([1.0, 3.0])) == 1.0
+
+
+@pytest.mark.parametrize("name,kw", WEIGHTED + [("mse", {})], ids=lambda v: str(v) if v else "")
+@pytest.mark.parametrize("weighted", [False, True])
+def test_value_and_grad_equal_value_and_grad(xp, dtype, name, kw, weighted):
+    """The fused call shares work but computes the same numbers as the two calls."""
+    xs, device = xp
+    rng = np.random.default_rng(2)
+    p = rng.normal(scale=3.0, size=(7, 4))
+    t = rng.integers(0, 4, size=7) if name == "cross_entropy" else rng.uniform(size=(7, 4))
+    loss = L.get({"name": name, **kw})
+    pp = put(xs, device, p, dtype)
+    tt = put(xs, device, t, "int64" if t.dtype.kind == "i" else dtype)
+    w = put(xs, device, rng.uniform(size=7), dtype) if weighted else None
+    value, grad = loss.value_and_grad(pp, tt, w)
+    assert_on(xs, device, value, dtype, ())
+    assert_close(value, loss.value(pp, tt, w), dtype)
+    assert_close(grad, loss.grad(pp, tt, w), dtype)

@@ -24,7 +24,7 @@ import portanet as pn
 
 PACKAGE = Path(pn.__file__).resolve().parent
 MAY_NAME_ARRAY_LIBRARIES = {"backend.py", "distributed.py", "_safe_npz.py", "io.py", "datasets.py",
-                            "cli.py"}
+                            "sklearn.py", "cli.py"}
 ARRAY_LIBRARIES = {"numpy", "cupy", "cupyx", "torch", "jax", "jaxlib"}
 
 

@@ -188,7 +188,7 @@ def test_no_function_is_longer_than_50_code_lines(path):
 #: Each module may import only modules before it in this list (DESIGN.md's module map).
 ORDER = ["_version", "registry", "backend", "distributed", "activations", "initializers", "losses",
          "_fast_optim", "layers", "network", "optim", "metrics", "callbacks", "training",
-         "testing", "_safe_npz", "io", "datasets", "demo", "cli", "__main__", "__init__"]
+         "testing", "_safe_npz", "io", "datasets", "sklearn", "demo", "cli", "__main__", "__init__"]
 #: Methods of Sequential that may reach a later module: documented one-line delegates.
 DELEGATES = {"train_step": "training", "fit": "training", "evaluate": "training", "save": "io"}
 

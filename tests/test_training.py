@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from _util import host, sigint_handler
+from _util import assert_on, host, put, sigint_handler
 
 import portanet as pn
 from portanet.testing import AGREEMENT_RTOL, norm_rel_diff
@@ -327,3 +327,103 @@ def test_exact_resume_in_a_new_process_is_bitwise(tmp_path):
     assert set(a.files) == set(b.files)
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k])  # bitwise, not approximately
+
+
+# ------------------------------------------------------------- sample weights ----
+
+
+def _weighted_data():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 4)), rng.integers(0, 3, size=12)
+    w = rng.integers(0, 4, size=12).astype(float)
+    return x, y, w
+
+
+def _tiny_net(xs=None, device=None, dtype="float64"):
+    return pn.Sequential([pn.Dense(4, 8, activation="tanh"), pn.Dense(8, 3)], backend=xs,
+                         device=device, dtype=dtype, seed=0)
+
+
+def test_fit_with_integer_weights_equals_fit_on_repeated_rows(xp, float64):
+    """Full batches: a weight k is the row k times, in every step and in the logged loss."""
+    xs, device = xp
+    x, y, w = _weighted_data()
+    rows = np.repeat(np.arange(12), w.astype(int))
+    weighted, repeated = _tiny_net(xs, device), _tiny_net(xs, device)
+    h1 = weighted.fit(x, y, loss="cross_entropy", optimizer=pn.Adam(1e-2), epochs=5,
+                      batch_size=None, sample_weight=w, verbose=0)
+    h2 = repeated.fit(x[rows], y[rows], loss="cross_entropy", optimizer=pn.Adam(1e-2), epochs=5,
+                      batch_size=None, verbose=0)
+    np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-12)
+    for name, value in repeated.state_dict().items():
+        np.testing.assert_allclose(weighted.state_dict()[name], value, rtol=1e-10, atol=1e-12)
+    plain = _tiny_net(xs, device)
+    plain.fit(x, y, loss="cross_entropy", optimizer=pn.Adam(1e-2), epochs=5, batch_size=None,
+              verbose=0)
+    assert not np.allclose(plain.state_dict()["1.bias"], weighted.state_dict()["1.bias"])
+
+
+def test_weights_move_with_their_rows_when_shuffled():
+    """fit equals train_step on the batches of the same shuffle, each with its rows' weights."""
+    x, y, w = _weighted_data()
+    net, ref = _tiny_net(), _tiny_net()
+    net.fit(x, y, loss="cross_entropy", optimizer=pn.SGD(0.1), epochs=2, batch_size=5,
+            sample_weight=w, verbose=0)
+    opt = pn.SGD(0.1)
+    for _ in range(2):
+        order = ref.rng.permutation(12)  # the draw fit makes from the same generator
+        for lo in range(0, 12, 5):
+            idx = order[lo:lo + 5]
+            ref.train_step(x[idx], y[idx], "cross_entropy", opt, sample_weight=w[idx])
+    for name, value in ref.state_dict().items():
+        np.testing.assert_allclose(net.state_dict()[name], value, rtol=1e-12, atol=1e-15)
+    moved = _tiny_net()
+    moved.fit(x, y, loss="cross_entropy", optimizer=pn.SGD(0.1), epochs=2, batch_size=5,
+              sample_weight=w[::-1], verbose=0)  # the weights no longer on their rows
+    assert not np.allclose(moved.state_dict()["1.bias"], net.state_dict()["1.bias"])
+
+
+def test_weighted_validation_split_and_evaluate():
+    x, y, w = _weighted_data()
+    w[-3:] = [1.0, 0.0, 5.0]
+    net = _tiny_net()
+    h = net.fit(x, y, loss="cross_entropy", optimizer=pn.SGD(0.1), epochs=1, batch_size=4,
+                validation_split=0.25, sample_weight=w, verbose=0)
+    rows = np.array([9, 11, 11, 11, 11, 11])
+    expected = net.evaluate(x[rows], y[rows], loss="cross_entropy")["loss"]
+    assert h.history["val_loss"][0] == pytest.approx(expected, rel=1e-12)
+    got = net.evaluate(x[9:], y[9:], loss="cross_entropy", sample_weight=w[9:])["loss"]
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.ones(11), r"sample_weight must have shape \(12,\), one weight per sample, got shape \(11,\)"),
+    (np.ones((12, 1)), r"sample_weight must have shape \(12,\)"),
+    (np.r_[np.ones(11), np.nan], "sample_weight must be finite"),
+    (np.r_[np.ones(11), -1.0], "sample_weight must be >= 0"),
+    (np.zeros(12), "at least one non-zero weight; all weights are zero"),
+])
+def test_bad_sample_weights_are_named_and_change_nothing(bad, match):
+    x, y, _ = _weighted_data()
+    net = _tiny_net()
+    before = net.state_dict()
+    with pytest.raises(ValueError, match=match):
+        net.fit(x, y, loss="cross_entropy", optimizer="adam", sample_weight=bad, verbose=0)
+    with pytest.raises(ValueError, match=match):
+        net.train_step(x, y, "cross_entropy", pn.Adam(), sample_weight=bad)
+    for name, value in before.items():
+        np.testing.assert_array_equal(net.state_dict()[name], value)
+
+
+def test_train_step_takes_weights(xp):
+    xs, device = xp
+    x, y, w = _weighted_data()
+    rows = np.repeat(np.arange(12), w.astype(int))
+    a, b = _tiny_net(xs, device, "float32"), _tiny_net(xs, device, "float32")
+    va = a.train_step(put(xs, device, x, "float32"), y, "cross_entropy", pn.SGD(0.1),
+                      sample_weight=put(xs, device, w, "float32"))
+    vb = b.train_step(x[rows], y[rows], "cross_entropy", pn.SGD(0.1))
+    assert_on(xs, device, va, "float32", ())
+    np.testing.assert_allclose(host(va), host(vb), rtol=1e-5)
+    np.testing.assert_allclose(a.state_dict()["0.weight"], b.state_dict()["0.weight"], rtol=1e-4,
+                               atol=1e-6)
