@@ -149,7 +149,7 @@ def mutation(session: nox.Session) -> None:
     time in the math, training and checkpoint modules and runs, on the numpy backend
     without torch (what ``tests-numpy`` sees), the tests that execute the mutated
     function, fastest first, until one fails. Then ``.ci/mutation_report.py`` prints the
-    score, leaving out the mutants triaged as equivalent in tests/mutation_triage.txt,
+    score, leaving out the mutants triaged as equivalent in tests/mutation_triage/,
     and lists every survivor not triaged yet (exit status 1 if any).
 
     ``-- resume`` continues the last run (mutmut checks again only the mutants not yet

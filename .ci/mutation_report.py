@@ -1,8 +1,9 @@
 """The mutation score of the last ``mutmut run`` (see ``nox -s mutation``).
 
 Reads mutmut's per-file results under ``mutants/`` and the triage in
-``tests/mutation_triage.txt``, where each surviving mutant that changes no
-behaviour is named with the reason (``NAME: why``, one per line; ``#`` comments).
+``tests/mutation_triage/*.txt`` (one file per area), where each surviving mutant that
+changes no behaviour is named with the reason (``NAME: why``, one per line; ``#``
+comments).
 Prints one row per module and the total:
 
     score = caught / (mutants - equivalent)
@@ -20,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TRIAGE = ROOT / "tests" / "mutation_triage.txt"
+TRIAGE = ROOT / "tests" / "mutation_triage"
 # mutmut's exit codes (mutmut/stats.py): 1 and 3 kill; 0 survives; 5 and 33 mean no
 # test ran the function; 24, 36, 152, 255 (and -24) are timeouts.
 CAUGHT = {1: "killed", 3: "killed", 24: "timeout", -24: "timeout", 36: "timeout",
@@ -38,17 +39,19 @@ def load_results(mutants: Path) -> dict[str, tuple[str, int | None]]:
     return results
 
 
-def load_triage(path: Path) -> dict[str, str]:
-    """{mutant name: why it changes no behaviour} from ``NAME: why`` lines."""
+def load_triage(folder: Path) -> dict[str, str]:
+    """{mutant name: why it changes no behaviour} from the ``NAME: why`` lines of every
+    ``*.txt`` in ``folder``."""
     triage = {}
-    for number, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name, sep, why = line.partition(": ")
-        if not sep or not why.strip():
-            raise SystemExit(f"{path.name}:{number}: write 'MUTANT_NAME: why it is equivalent'")
-        triage[name.strip()] = why.strip()
+    for path in sorted(folder.glob("*.txt")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            name, sep, why = line.partition(": ")
+            if not sep or not why.strip():
+                raise SystemExit(f"{path.name}:{number}: write 'MUTANT_NAME: why it is equivalent'")
+            triage[name.strip()] = why.strip()
     return triage
 
 
