@@ -89,7 +89,7 @@ class Loss:
             # NumPy reductions return scalars; asarray makes every backend return a 0-d array.
             return xp.asarray(self.f(pred, target), dtype=pred.dtype, device=device_of(pred))
         rows = self.per_sample(pred, target)
-        mean = xp.sum(rows * sample_weight) / _weight_total(xp, sample_weight)
+        mean = xp.sum(rows * sample_weight) / weight_total(xp, sample_weight)
         return xp.asarray(mean, dtype=pred.dtype, device=device_of(pred))
 
     def grad(self, pred: Array, target: Array, sample_weight: Array | None = None) -> Array:
@@ -99,7 +99,7 @@ class Loss:
         if sample_weight is None:
             return g
         xp = namespace_of(g)
-        scale = (sample_weight / _weight_total(xp, sample_weight)) * float(g.shape[0])
+        scale = (sample_weight / weight_total(xp, sample_weight)) * float(g.shape[0])
         return g * xp.reshape(scale, (g.shape[0],) + (1,) * (g.ndim - 1))
 
     def value_and_grad(self, pred: Array, target: Array,
@@ -144,7 +144,7 @@ class Loss:
         return f"{type(self).__name__}()"
 
 
-def _weight_total(xp: Any, w: Array) -> Array:
+def weight_total(xp: Any, w: Array) -> Array:
     """``sum(w)`` as a denominator: a batch whose weights are all zero then counts for
     nothing (a zero loss and gradient) instead of dividing by zero."""
     return xp.clip(xp.sum(w), min=xp.finfo(w.dtype).smallest_normal)

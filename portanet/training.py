@@ -608,9 +608,7 @@ def _batch(plan: _FitPlan, order: Array | None, lo: int, hi: int, first: int,
     if bw is None:
         return bx, by, bw, (stop - first) / (hi - lo)
     (global_w,) = take_rows(xp, (plan.w,), order, lo, hi)
-    # a global batch of zero weight counts for nothing: 0 / tiny, not 0 / 0
-    total = xp.maximum(xp.sum(global_w), xp.finfo(global_w.dtype).tiny)
-    return bx, by, bw, xp.sum(bw) / total
+    return bx, by, bw, xp.sum(bw) / L.weight_total(xp, global_w)
 
 
 def _step_gradients(plan: _FitPlan, bx: Array, by: Array, bw: Array | None, share: Any,
