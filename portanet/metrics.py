@@ -9,6 +9,7 @@ knows whether predictions are logits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -60,14 +61,22 @@ class Accuracy(Metric):
 
 
 class RowMean(Metric):
-    """The mean over outputs of ``fn(pred - target)``, summed over rows (MSE, MAE)."""
+    """The mean over outputs of ``fn(pred - target)``, summed over rows (MSE, MAE).
+
+    A row's outputs are all its elements, whatever their shape (an image's channels,
+    rows and columns), as for the losses' per-sample values; 1-D predictions hold one
+    output per row.
+    """
 
     def __init__(self, name: str, fn: Callable[[Any, Array], Array]):
         self.name, self._fn = name, fn
 
     def total(self, pred: Array, target: Array) -> Array:
         xp = namespace_of(pred)
-        per_row = xp.sum(self._fn(xp, pred - target), axis=-1) / float(pred.shape[-1])
+        per_row = self._fn(xp, pred - target)
+        if per_row.ndim > 1:
+            outputs = math.prod(per_row.shape[1:])
+            per_row = xp.sum(xp.reshape(per_row, (per_row.shape[0], outputs)), axis=1) / float(outputs)
         return xp.sum(per_row)
 
 
