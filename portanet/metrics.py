@@ -40,7 +40,7 @@ class Accuracy(Metric):
 
     Multiclass ``(n, k)`` predictions: argmax against integer labels or the argmax
     of probability targets. Binary ``(n, 1)``: thresholded at 0 for logits and
-    at 0.5 for probabilities.
+    at 0.5 for probabilities. Predictions of any other rank raise ``ValueError``.
     """
 
     name = "accuracy"
@@ -50,6 +50,9 @@ class Accuracy(Metric):
 
     def total(self, pred: Array, target: Array) -> Array:
         xp = namespace_of(pred)
+        if pred.ndim != 2:  # an image's or a sequence's hits would count once per position
+            raise ValueError(f"accuracy needs predictions of shape (n, classes) or (n, 1), "
+                             f"got {tuple(pred.shape)}")
         if pred.shape[-1] > 1:
             guess = xp.argmax(pred, axis=-1)
             truth = target if target.ndim == 1 else xp.argmax(target, axis=-1)

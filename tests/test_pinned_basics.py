@@ -11,8 +11,10 @@ depends only on them.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -267,6 +269,26 @@ def test_activation_repr_and_forward():
     np.testing.assert_array_equal(A.ELU(2.0).forward(x), [2.0 * np.expm1(-1.0), 2.0])
 
 
+def test_an_activation_of_a_callable_without_a_name_is_called_activation():
+    act = A.Activation(functools.partial(np.multiply, 2.0), lambda x: 2.0 + 0.0 * x)
+    assert act.name == "activation" and act.config() == {"name": "activation"}
+    assert not act.df_of_output
+    np.testing.assert_array_equal(act(np.array([1.5])), [3.0])
+    assert A.Activation(np.tanh, lambda y: 1.0 - y * y).name == "tanh"  # a ufunc has its name
+
+
+def test_leaky_relu_for_every_slope(xp, float64):
+    xs, device = xp
+    x = [-np.inf, -2.0, -0.5, 0.0, 0.5, 3.0, np.inf]
+    xa = put(xs, device, x, float64)
+    assert A.LeakyReLU().negative_slope == 0.01  # torch's default
+    with np.errstate(invalid="ignore"):  # 0 * -inf is NaN, in the formula as in torch
+        for slope in (0.0, 0.01, 0.5, 1.0, 1.5, -0.2):
+            want = np.where(np.array(x) > 0, x, slope * np.array(x))
+            got = host(A.LeakyReLU(slope)(xa))
+            np.testing.assert_array_equal(got, want, err_msg=f"negative_slope={slope}")
+
+
 class _Clipped(A.Activation):
     """An activation with two parameters, as a user might write one."""
 
@@ -323,6 +345,7 @@ def test_softmax_backward_reduces_over_the_last_axis_of_any_rank(xp, float64):
     layer = pn.ActivationLayer("softmax")
     assert_close(layer(xa), y, float64)
     assert_close(layer.backward(ga), want, float64)
+    assert layer.backward(ga, need_input_grad=False) is None  # the first layer's case
 
 
 # ------------------------------------------------------------------ layers ----
@@ -401,6 +424,41 @@ def test_mse_metric_of_a_convolutional_network_equals_its_mse_loss(xp, float64):
     tol = TOLERANCES[float64]
     assert result["mse"] == pytest.approx(result["loss"], rel=tol["rtol"] * 10)  # two summation orders
     assert result["mae"] == pytest.approx(np.abs(pred - y).mean(), rel=tol["rtol"] * 10)
+
+
+def test_accuracy_against_labels_probabilities_and_binary_targets(xp):
+    xs, device = xp
+    f32 = lambda a: put(xs, device, a, "float32")  # noqa: E731
+    acc = pn.metrics.Accuracy()
+    assert acc.from_logits  # predictions are logits unless told otherwise
+    pred = f32([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 1.0, 5.0], [4.0, 0.0, 1.0]])
+    guessed = [0, 1, 2, 0]
+    assert float(acc.total(pred, put(xs, device, [0, 1, 1, 2], "int64"))) == 2.0
+    # probability targets: their argmax per row is the label
+    one_hot = np.eye(3)[[0, 2, 2, 0]]
+    assert float(acc.total(pred, f32(one_hot))) == 3.0
+    soft = np.full((4, 3), 0.1) + 0.7 * np.eye(3)[guessed]
+    assert float(acc.total(pred, f32(soft))) == 4.0
+    # binary: a logit is positive above 0, a probability above 0.5; targets above 0.5;
+    # a tie at the threshold is the negative class, for predictions and targets alike
+    logits = f32([[0.3], [-0.2], [0.0], [2.0]])
+    targets = f32([[1.0], [0.0], [0.0], [0.5]])
+    assert float(acc.total(logits, targets)) == 3.0  # the last row: 2.0 is positive, 0.5 not
+    probs = pn.metrics.Accuracy(from_logits=False)
+    assert float(probs.total(f32([[0.3], [0.5], [0.7]]), f32([[0.0], [0.0], [1.0]]))) == 3.0
+    assert float(acc.total(f32([[0.3], [0.5], [0.7]]), f32([[0.0], [0.0], [1.0]]))) == 1.0
+
+
+def test_accuracy_refuses_predictions_that_are_not_rows_of_classes():
+    acc = pn.metrics.Accuracy()
+    for shape in [(4,), (4, 1, 3), (2, 1, 3, 3)]:
+        with pytest.raises(ValueError, match=r"accuracy needs predictions of shape \(n, classes\) "
+                                             rf"or \(n, 1\), got {re.escape(str(shape))}"):
+            acc.total(np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32))
+    x = np.zeros((4, 1, 3, 3))
+    net = pn.Sequential([pn.Conv2D(1, 1, 1)], input_shape=(1, 3, 3), seed=0)
+    with pytest.raises(ValueError, match=r"accuracy needs predictions .* got \(4, 1, 3, 3\)"):
+        net.evaluate(x, np.zeros((4, 1, 3, 3)), loss="bce_with_logits", metrics=["accuracy"])
 
 
 # ------------------------------------------------------ the optimizers' fast path ----
