@@ -243,7 +243,9 @@ class LeakyReLU(Activation):
 
     def _f(self, x: Array) -> Array:
         xp = namespace_of(x)
-        if 0.0 <= self.negative_slope <= 1.0:  # then max(x, a x) picks the same, in one pass fewer
+        # For 0 < a <= 1, max(x, a x) picks the same, in one pass fewer; not for a = 0,
+        # where 0 * inf is NaN and max(inf, NaN) would turn f(inf) = inf into NaN.
+        if 0.0 < self.negative_slope <= 1.0:
             return xp.maximum(x, self.negative_slope * x)
         return xp.where(x > 0, x, self.negative_slope * x)
 

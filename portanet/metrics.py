@@ -9,6 +9,7 @@ knows whether predictions are logits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,7 @@ class Accuracy(Metric):
 
     Multiclass ``(n, k)`` predictions: argmax against integer labels or the argmax
     of probability targets. Binary ``(n, 1)``: thresholded at 0 for logits and
-    at 0.5 for probabilities.
+    at 0.5 for probabilities. Predictions of any other rank raise ``ValueError``.
     """
 
     name = "accuracy"
@@ -49,6 +50,9 @@ class Accuracy(Metric):
 
     def total(self, pred: Array, target: Array) -> Array:
         xp = namespace_of(pred)
+        if pred.ndim != 2:  # an image's or a sequence's hits would count once per position
+            raise ValueError(f"accuracy needs predictions of shape (n, classes) or (n, 1), "
+                             f"got {tuple(pred.shape)}")
         if pred.shape[-1] > 1:
             guess = xp.argmax(pred, axis=-1)
             truth = target if target.ndim == 1 else xp.argmax(target, axis=-1)
@@ -60,14 +64,22 @@ class Accuracy(Metric):
 
 
 class RowMean(Metric):
-    """The mean over outputs of ``fn(pred - target)``, summed over rows (MSE, MAE)."""
+    """The mean over outputs of ``fn(pred - target)``, summed over rows (MSE, MAE).
+
+    A row's outputs are all its elements, whatever their shape (an image's channels,
+    rows and columns), as for the losses' per-sample values; 1-D predictions hold one
+    output per row.
+    """
 
     def __init__(self, name: str, fn: Callable[[Any, Array], Array]):
         self.name, self._fn = name, fn
 
     def total(self, pred: Array, target: Array) -> Array:
         xp = namespace_of(pred)
-        per_row = xp.sum(self._fn(xp, pred - target), axis=-1) / float(pred.shape[-1])
+        per_row = self._fn(xp, pred - target)
+        if per_row.ndim > 1:
+            outputs = math.prod(per_row.shape[1:])
+            per_row = xp.sum(xp.reshape(per_row, (per_row.shape[0], outputs)), axis=1) / float(outputs)
         return xp.sum(per_row)
 
 
