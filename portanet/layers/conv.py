@@ -143,7 +143,8 @@ class Conv2D(Layer):
         """im2col of ``padded`` (C, n, Hp, Wp): the matrix X, shape (C kh kw, n Ho Wo)."""
         xp = self.ctx.xp
         taps = gather(xp, padded, self.windows, out_hw, axis=1)  # (C, kh kw, n, Ho, Wo)
-        return xp.reshape(taps, (-1, math.prod(taps.shape[2:])))
+        # every size spelled out: with n = 0, a -1 would be ambiguous (0 = k * 0 for any k)
+        return xp.reshape(taps, (taps.shape[0] * taps.shape[1], math.prod(taps.shape[2:])))
 
     def _chunks(self, n: int, out_hw: tuple[int, int], x: Array) -> list[tuple[int, int]]:
         """Batch slices whose column buffers stay within ``COLUMN_BUDGET`` x the input."""
@@ -156,7 +157,8 @@ class Conv2D(Layer):
         xp = self.ctx.xp
         padded, x_shape, out_hw, chunks, kept = self._cache
         positions = math.prod(out_hw)
-        g = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)), (self.out_channels, -1))  # G
+        g = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)),
+                       (self.out_channels, grad_out.shape[0] * positions))  # G
         w2 = xp.reshape(self.params["weight"], (self.out_channels, -1))
         dw2, dx = None, _InputGrad(xp, padded, self.ctx.device) if need_input_grad else None
         for i, (lo, hi) in enumerate(chunks):
@@ -181,7 +183,8 @@ class Conv2D(Layer):
         """col2im: each column of ``dL/dX`` added into ``target`` (C, n, Hp, Wp) where its
         window was gathered; overlapping windows add up."""
         n = target.shape[1]
-        taps = self.ctx.xp.reshape(dcols, (self.in_channels, -1, n, *out_hw))  # (C, kh kw, n, ...)
+        taps = self.ctx.xp.reshape(dcols, (self.in_channels, math.prod(self.kernel_size), n,
+                                           *out_hw))  # (C, kh kw, n, Ho, Wo)
         return scatter_add(target, [taps[:, k, ...] for k in range(taps.shape[1])], self.windows,
                            out_hw)
 
