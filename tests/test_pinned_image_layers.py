@@ -70,7 +70,7 @@ def _with_bias(net, rng):
 def _check_conv(net, x, g, state, stride, pads, dilation, dtype, scale):
     """Forward, ``dL/dx`` and the parameter gradients of ``net`` (one Conv2D) against the loops."""
     xs, device = net.xp, net.device
-    xd = np.asarray(x, dtype=dtype).astype(np.float64)
+    xd = host(x).astype(dtype).astype(np.float64)
     w = state["0.weight"].astype(dtype).astype(np.float64)
     b = state["0.bias"].astype(dtype).astype(np.float64) if "0.bias" in state else None
     y = net.forward(x, training=True)
