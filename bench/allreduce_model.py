@@ -13,7 +13,7 @@ small against ``t_c / N``.
 The compute times are inputs: the measured single-rank step time (``--compute-ms``) and
 the network's parameter count (``--params``). Example, the 1024-4096-4096-1024 network::
 
-    python bench/allreduce_model.py --params 25178112 --compute-ms 370
+    python bench/allreduce_model.py --params 25175040 --compute-ms 370
 """
 
 from __future__ import annotations

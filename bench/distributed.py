@@ -1,5 +1,6 @@
 """Data-parallel scaling on one machine: 2 ranks x 1 thread against 1 rank x 1 thread and
-1 rank x 2 threads, on two of ``bench/train_step.py``'s networks.
+1 rank x 2 threads, on two of ``bench/train_step.py``'s networks; and the machine's ceiling
+for two ranks, two independent 1-rank processes at once on half the batch each (no MPI).
 
 Each configuration runs in its own process(es) (``mpiexec -n 2`` for two ranks), in rounds
 that alternate the order; the figure is the median over rounds of the training
@@ -32,16 +33,19 @@ sys.path.insert(0, str(HERE))
 
 CONFIGS = {"wide": ((784, 1024, 1024, 10), 256), "huge": ((1024, 4096, 4096, 1024), 512)}
 SETUPS = {"1 rank x 1 thread": (None, 1), "1 rank x 2 threads": (None, 2),
-          "2 ranks x 1 thread": (2, 1)}
+          "2 ranks x 1 thread": (2, 1), "2 solo processes x 1 thread": ("solo", 1)}
+# "2 solo processes": two independent 1-rank processes at once, each on half the batch, no
+# MPI: the machine's own ceiling for two ranks (what two cores give two processes at once).
 
 
-def worker(config: str, steps: int, warmup: int) -> dict[str, Any]:
+def worker(config: str, steps: int, warmup: int, batch: int | None = None) -> dict[str, Any]:
     import numpy as np
     from _worker import portanet_network
 
     import portanet as pn
 
-    sizes, batch = CONFIGS[config]
+    sizes, default_batch = CONFIGS[config]
+    batch = batch or default_batch
     comm = pn.distributed.init()
     net = portanet_network(list(sizes), "numpy", None, "float32", seed=0)
     rng = np.random.default_rng(0)
@@ -79,12 +83,28 @@ def run(setup: str, config: str, steps: int, warmup: int) -> dict[str, Any]:
            "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, __file__, "worker", "--config", config, "--steps", str(steps),
                "--warmup", str(warmup)]
+    if ranks == "solo":
+        return run_solo(command + ["--batch", str(CONFIGS[config][1] // 2)], env)
     if ranks is not None:
         mpiexec = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
         command = [mpiexec, "-n", str(ranks), *command]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     return next(r for r in rows if r["rank"] == 0)
+
+
+def run_solo(command: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Two independent processes at once: their summed throughput, the slower one's step."""
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    rows = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, command)
+        rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {"rank": 0, "ranks": 2, "step_ms": max(r["step_ms"] for r in rows),
+            "samples_per_s": sum(r["samples_per_s"] for r in rows), "allreduce_ms": 0.0}
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -98,8 +118,8 @@ def markdown(record: dict[str, Any]) -> str:
         base = record["results"][config]["1 rank x 1 thread"]["samples_per_s"]
         for setup in SETUPS:
             r = record["results"][config][setup]
-            share = (f"{100 * r['allreduce_ms'] / r['step_ms']:.1f}%" if SETUPS[setup][0]
-                     else "-")
+            share = (f"{100 * r['allreduce_ms'] / r['step_ms']:.1f}%"
+                     if SETUPS[setup][0] == 2 else "-")
             lines.append(f"| {'-'.join(map(str, sizes))} | {batch} | {setup} | "
                          f"{r['step_ms']:.1f} | {r['samples_per_s']:.0f} | "
                          f"{r['samples_per_s'] / base:.2f} | {share} |")
@@ -113,11 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default="wide,huge")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=int, help="(worker) the batch, instead of the network's")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if args.what == "worker":
-        result = worker(args.config, args.steps, args.warmup)
+        result = worker(args.config, args.steps, args.warmup, args.batch)
         if result["rank"] == 0:
             print(json.dumps(result), flush=True)
         return 0
@@ -128,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for i in range(args.rounds):
-        order = list(SETUPS)[i % 3:] + list(SETUPS)[:i % 3]
+        order = list(SETUPS)[i % len(SETUPS):] + list(SETUPS)[:i % len(SETUPS)]
         for config in args.configs.split(","):
             for setup in order:
                 r = run(setup, config, args.steps, args.warmup)

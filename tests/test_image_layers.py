@@ -4,11 +4,16 @@ Each layer is checked three ways: against an independent NumPy reference written
 with loops (values), against central differences in float64 (gradients), and
 against NumPy on the session's backend (agreement at the dtype's tolerance). The
 PyTorch autograd oracle for the same layers is in ``test_image_oracle.py``.
+
+With ``PORTANET_GRADCHECK_REPORT=file.json`` the worst finite-difference disagreement of
+each gradient test is written to that file (the README's "Convolutional networks" figures).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
 
 import numpy as np
 import pytest
@@ -161,8 +166,23 @@ def gradcheck(net, x, max_entries=24, seed=0):
     return diffs
 
 
+#: The worst norm-relative difference per gradient test (``PORTANET_GRADCHECK_REPORT``).
+WORST: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gradcheck_report():
+    yield
+    path = os.environ.get("PORTANET_GRADCHECK_REPORT")
+    if path:
+        with open(path, "w") as f:
+            json.dump(dict(sorted(WORST.items())), f, indent=1)
+
+
 def _assert_gradcheck(net, x):
     diffs = gradcheck(net, x)
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split("[")[0].split(" ")[0]
+    WORST[test] = max(WORST.get(test, 0.0), *diffs.values())
     bad = {k: v for k, v in diffs.items() if not v <= FINITE_DIFFERENCE_RTOL}
     assert not bad, bad
 
