@@ -235,6 +235,7 @@ class DataParallel:
 
     def __init__(self, comm: Communicator):
         self.comm = comm
+        self._packed: Array | None = None  # the last step's packed buffer, written again
 
     def rows(self, lo: int, hi: int) -> tuple[int, int]:
         """This rank's contiguous rows of the global batch ``lo:hi`` (the first ranks take
@@ -273,13 +274,31 @@ class DataParallel:
         xp = namespace_of(loss)
         names = list(grads)
         parts = [xp.reshape(grads[k], (-1,)) for k in names]
-        buf = self.comm.allreduce(xp.concat([*parts, xp.reshape(loss, (1,))]))
+        buf = self.comm.allreduce(self._pack(xp, [*parts, xp.reshape(loss, (1,))]))
         out, start = {}, 0
         for name, part in zip(names, parts):
             stop = start + part.shape[0]
             out[name] = xp.reshape(buf[start:stop], grads[name].shape)
             start = stop
         return out, buf[-1]
+
+    def _pack(self, xp: Any, parts: list[Array]) -> Array:
+        """``concat(parts)``, written into the previous step's buffer where that one fits and
+        can be written: a new buffer of a large model's gradients each step costs more than
+        the copy (its pages are touched for the first time). The gradients :meth:`reduce`
+        returned last time are views of that buffer; a step has used them by then."""
+        buf, size = self._packed, sum(p.shape[0] for p in parts)
+        if (buf is None or buf.shape[0] != size or namespace_of(buf) is not xp
+                or any(p.dtype != buf.dtype for p in parts)
+                or device_of(buf) != device_of(parts[0])):
+            buf = xp.concat(parts)
+            self._packed = buf if is_writeable_array(buf) else None
+            return buf
+        start = 0
+        for part in parts:
+            buf[start:start + part.shape[0]] = part
+            start += part.shape[0]
+        return buf
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is set on any rank (a Ctrl-C on one stops them all)."""

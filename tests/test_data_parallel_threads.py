@@ -16,7 +16,8 @@ import threading
 
 import numpy as np
 import pytest
-from _util import BACKEND
+from _util import BACKEND, host, put
+from array_api_compat import is_writeable_array
 
 import portanet as pn
 from portanet.distributed import Communicator
@@ -186,3 +187,39 @@ def test_a_rank_that_raises_does_not_hang_the_other(xp):
 
     with pytest.raises(ValueError, match="12"):
         run_ranks(fit)
+
+
+class InPlaceThreadComm(ThreadComm):
+    """Sums into ``buf`` itself where it can be written, as MPI's in-place allreduce does."""
+
+    def allreduce(self, buf):
+        total = super().allreduce(buf)
+        self.world.barrier.wait()  # every rank has read every buffer before any is overwritten
+        if not is_writeable_array(buf):
+            return total
+        buf[...] = total
+        return buf
+
+
+def test_reduce_sums_gradients_and_loss_at_every_step(xp, dtype):
+    # The packed buffer is written again each step: each step's sums must be that step's.
+    xs, device = xp
+    seen: dict[int, list] = {}
+
+    def steps(comm):
+        dp = pn.distributed.DataParallel(comm)
+        for step in range(3):
+            r = comm.rank + step
+            grads = {"0.weight": put(xs, device, np.full((2, 3), r), dtype),
+                     "0.bias": put(xs, device, np.full(4, 10.0 * r), dtype)}
+            out, total = dp.reduce(grads, put(xs, device, np.asarray(r + 0.5), dtype))
+            seen.setdefault(comm.rank, []).append(
+                (host(out["0.weight"]).copy(), host(out["0.bias"]).copy(), float(host(total))))
+
+    run_ranks(lambda comm: steps(InPlaceThreadComm(comm.world, comm.rank)))
+    for rank in (0, 1):
+        for step, (weight, bias, total) in enumerate(seen[rank]):
+            want = 2 * step + 1.0  # (0 + step) + (1 + step)
+            np.testing.assert_array_equal(weight, np.full((2, 3), want))
+            np.testing.assert_array_equal(bias, np.full(4, 10.0 * want))
+            assert total == want + 1.0
