@@ -419,3 +419,15 @@ def test_to_a_device_keeps_the_backend_and_checks_float64():
     for name, p in net.parameters().items():
         assert p.device == strict.Device("device1") and p.dtype == strict.float64
         np.testing.assert_array_equal(pn.to_numpy(p), before[name], err_msg=name)
+
+
+def test_predict_refuses_a_batch_size_below_one_whatever_the_rows(xp):
+    # the check once ran only for batch sizes below the row count: an empty input
+    # let batch_size=0 through
+    xs, device = xp
+    net = pn.Sequential([pn.Dense(2, 1)], backend=xs, device=device, seed=0)
+    for rows in (0, 1, 3):
+        for batch_size in (0, -1):
+            with pytest.raises(ValueError,
+                               match=f"^batch_size must be a positive int, got {batch_size}$"):
+                net.predict(np.zeros((rows, 2)), batch_size=batch_size)
