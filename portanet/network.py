@@ -299,12 +299,12 @@ class Sequential:
 
     def predict(self, x: Any, batch_size: int | None = None) -> Array:
         """Outputs in evaluation mode, computed ``batch_size`` rows at a time (None: all)."""
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         a = self.as_input(x)
         n = a.shape[0]
         if batch_size is None or batch_size >= n:
             return self.forward_checked(a, training=False)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         parts = [self.forward_checked(a[i : min(i + batch_size, n), ...], training=False)
                  for i in range(0, n, batch_size)]
         return self.xp.concat(parts, axis=0)
