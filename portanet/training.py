@@ -233,7 +233,7 @@ class _Snapshot:
         elif _same_kind(buf, a):
             buf[...] = a
         else:  # a fresh copy: the first, or the array moved (optimizer state after a load)
-            kept[name] = a + 0.0
+            kept[name] = _copy(a)
 
     def take(self) -> None:
         for name, p in self.net.parameters().items():
@@ -253,12 +253,17 @@ class _Snapshot:
         for view, kept in ((self.net.parameters(), self.params),
                            (self.net.buffers(), self.buffers)):
             for name, a in kept.items():
-                view[name] = a + 0.0
+                view[name] = _copy(a)
         self.optimizer.state = {
-            slot: {name: a + 0.0 for name, a in self.state.get(slot, {}).items()}
+            slot: {name: _copy(a) for name, a in self.state.get(slot, {}).items()}
             for slot in self.optimizer.state
         }
         self.optimizer.step_count = self.step_count
+
+
+def _copy(a: Array) -> Array:
+    """A copy of ``a``, bit for bit (``a + 0.0`` would turn -0.0 into +0.0)."""
+    return namespace_of(a).asarray(a, copy=True)
 
 
 def _same_kind(buf: Array | None, a: Array) -> bool:
