@@ -599,7 +599,8 @@ def test_loads_onto_another_backend_and_device_than_the_default(data):
 
 
 class _Slash(pn.Layer):
-    """A layer whose buffer has a '/' in its name: ``y = x``, the buffer unused."""
+    """A layer whose buffer has a '/' in its name: ``y = x``, the buffer unused. It declares
+    its shapes for exactly the two kinds the layer protocol names."""
 
     keeps_shape = True
 
@@ -609,6 +610,9 @@ class _Slash(pn.Layer):
 
     def buffer_shapes(self):
         return {"stats/mean": (self.features,)}
+
+    def declared_shapes(self, kind):
+        return {"params": {}, "buffers": {"stats/mean": (self.features,)}}[kind]
 
     def build(self, ctx):
         super().build(ctx)
