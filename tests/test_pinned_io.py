@@ -637,3 +637,36 @@ def test_entry_names_may_hold_a_slash():
         np.testing.assert_array_equal(pn.to_numpy(back.buffers()["1.stats/mean"]), [1.0, 2.0])
     finally:
         del pn.layers.REGISTRY._factories["_Slash"]
+
+
+# --------------------------------------------------------- save and load --
+
+
+def test_save_and_load_pass_every_argument_on(data, tmp_path):
+    net, opt = _trained()
+    path = tmp_path / "m.npz"
+    save(net, path, opt, epoch=7, info={"split": 0.25})
+    meta = read_metadata(path)
+    assert (meta["epoch"], meta["info"], meta["optimizer"]["type"]) == (7, {"split": 0.25}, "Adam")
+    raw = _members(path.read_bytes())["__portanet__"].tobytes().decode()
+    assert list(json.loads(raw)) == sorted(json.loads(raw))  # written with sorted keys
+    with pytest.raises(ValueError, match="no-such-backend"):
+        load(path, backend="no-such-backend")
+    with pytest.raises((ValueError, TypeError), match="no-such-device"):
+        load(path, device="no-such-device")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(_edited(data, lambda m: m["network"]["layers"][0].update(type="Conv9d")))
+    with pytest.raises(CheckpointError, match=f"^'{re.escape(str(bad))}': .*Conv9d"):
+        load(bad)
+
+
+def test_save_refuses_a_missing_folder_nan_and_non_int_epochs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="save: no such directory"):
+        save(_net(), tmp_path / "nowhere" / "m.npz")
+    with pytest.raises(ValueError, match="save: the network's metadata is not JSON-able"):
+        save(_net(), tmp_path / "m.npz", info={"loss": float("nan")})
+    for epoch in (1.5, True, -1, "3"):
+        with pytest.raises(ValueError, match=re.escape(
+                f"save: epoch must be an int >= 0, got {epoch!r}")):
+            save(_net(), tmp_path / "m.npz", epoch=epoch)
+    assert os.listdir(tmp_path) == []
