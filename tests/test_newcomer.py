@@ -71,6 +71,12 @@ def test_train_validates_on_training_rows_and_tests_once(monkeypatch, capsys):
     assert "test loss" in out and "(with label smoothing 0.1)" in out  # one definition, named
 
 
+def _sigint_as_in_a_terminal():
+    """Ctrl-C's default disposition in the child, even where this process inherited SIGINT
+    ignored (under nohup or in a background job), which the child would keep."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @needs_sklearn
 @pytest.mark.slow
 def test_ctrl_c_in_train_says_where_saves_only_if_asked_and_exits_130(tmp_path):
@@ -78,7 +84,7 @@ def test_ctrl_c_in_train_says_where_saves_only_if_asked_and_exits_130(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "portanet", "train", "--dataset", "digits",
                                  "--epochs", "400", "--verbose", "2", *extra],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=tmp_path)
+                                cwd=tmp_path, preexec_fn=_sigint_as_in_a_terminal)
         proc.stdout.readline()  # the header: training has started
         time.sleep(1.5)
         proc.send_signal(signal.SIGINT)
