@@ -116,20 +116,27 @@ def test_training_evaluate_defaults_to_batches_of_256(xp):
     assert logs == {"loss": 4.0}
 
 
-def test_across_ranks_a_rank_without_validation_rows_adds_nothing(xp):
+def test_across_ranks_every_rank_logs_the_means_over_all_ranks(xp, capsys):
     from test_data_parallel_threads import run_ranks
 
     xs, device = xp
 
     def fit(comm):
         net = _zero_net(xs, device)
-        return net.fit(*_fit_args(), loss="mse", optimizer=pn.SGD(0.1), batch_size=2,
-                       verbose=0, distributed=comm, metrics=["mae"],
+        # batches of 2 rows split one per rank: rank 0 sees targets 1, rank 1 targets 3
+        return net.fit(np.zeros((4, 2)), np.array([[1.0], [3.0], [1.0], [3.0]]), loss="mse",
+                       optimizer=pn.SGD(0.1), batch_size=2, shuffle=False, verbose=2,
+                       distributed=comm, metrics=["mae"],
                        validation_data=(np.zeros((1, 2)), np.full((1, 1), 3.0))).history
 
-    # the one validation row is rank 0's; rank 1 has none, and its sums count as 0
-    assert run_ranks(fit) == [{"loss": [4.0], "mae": [2.0], "val_loss": [9.0],
+    # losses (1 + 9) / 2 and maes (1 + 3) / 2 over both ranks; the one validation row is
+    # rank 0's: rank 1 has none, and its sums count as 0
+    assert run_ranks(fit) == [{"loss": [5.0], "mae": [2.0], "val_loss": [9.0],
                                "val_mae": [3.0]}] * 2
+    # only rank 0 reports, whatever verbose says
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["epoch 1/1  loss=5  mae=2  val_loss=9  val_mae=3"]
+    assert err == ""
 
 
 # ----------------------------------------------------------- fit's arguments ----
@@ -187,7 +194,7 @@ def test_a_validation_split_must_leave_rows_on_both_sides():
 
 
 def test_validation_x_of_the_wrong_shape_is_named_in_the_error():
-    with pytest.raises(ValueError, match="validation x"):
+    with pytest.raises(ValueError, match=r"^validation x: Dense\(2, 1\) \(layer 0\) expects"):
         _zero_net().fit(*_fit_args(), loss="mse", optimizer="sgd", verbose=0,
                         validation_data=(np.zeros((3, 5)), np.zeros((3, 1))))
 
@@ -206,6 +213,22 @@ def test_fit_in_one_process_trains_alike_whatever_distributed_says(distributed):
 
 
 # ------------------------------------------------- what fit leaves and hands ----
+
+
+def test_callbacks_find_the_optimizer_on_the_network_from_the_start():
+    seen = []
+
+    class Peek(Callback):
+        def on_train_begin(self, logs):
+            seen.append(self.net.optimizer)
+
+    net, opt = _zero_net(), pn.SGD(0.1)
+    net.fit(*_fit_args(), loss="mse", optimizer=opt, verbose=0, callbacks=[Peek()])
+    assert seen == [opt]
+    # also when no step runs (resuming at the last epoch)
+    net, opt = _zero_net(), pn.SGD(0.1)
+    net.fit(*_fit_args(), loss="mse", optimizer=opt, epochs=1, initial_epoch=1, verbose=0)
+    assert net.optimizer is opt
 
 
 def test_fit_leaves_its_optimizer_on_the_network_and_training_not_stopped():
@@ -239,6 +262,21 @@ def test_the_running_loss_over_zero_weights_so_far_is_nan(monkeypatch):
     postfixes = [f.rsplit(", ", 1)[1] for f in _drawn(term.getvalue()) if ", " in f]
     assert postfixes == ["loss=nan", "loss=1", "loss=5", "loss=5"]
     assert sys.stderr is term
+
+
+def test_the_bar_refreshes_the_running_loss_only_after_more_than_half_a_second(monkeypatch):
+    # the clock reads 0, 0.5, 1.0, ...: a step at 0.5 s after the last refresh waits;
+    # one at 1.0 s refreshes (and reads the clock again)
+    term = _on_terminal(monkeypatch)
+    clock = iter(range(1000))
+    monkeypatch.setattr(time, "monotonic", lambda: 0.5 * next(clock))
+    _zero_net().fit(np.zeros((4, 2)), np.array([[2.0], [1.0], [3.0], [1.0]]), loss="mse",
+                    optimizer="sgd", batch_size=1, shuffle=False)
+    # readings: bar made at 0; step 1 at 0.5 (waits); step 2 at 1.0 (refreshes with
+    # loss (4 + 1) / 2, then reads 1.5); step 3 at 2.0 (waits); step 4 at 2.5 (refreshes
+    # with (4 + 1 + 9 + 1) / 4, reads 3.0); the end shows the epoch's loss
+    postfixes = [f.rsplit(", ", 1)[1] for f in _drawn(term.getvalue()) if ", " in f]
+    assert postfixes == ["loss=2.5", "loss=2.5", "loss=3.75", "loss=3.75"]
 
 
 # ------------------------------------------------------------- initializers ----
