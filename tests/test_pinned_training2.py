@@ -18,10 +18,11 @@ import time
 
 import numpy as np
 import pytest
-from _util import host
+from _util import host, put
 from test_pinned_training import _drawn, _on_terminal
 
 import portanet as pn
+from portanet import activations as A
 from portanet import initializers, training
 from portanet.callbacks import Callback
 from portanet.testing import assert_close
@@ -326,3 +327,16 @@ def test_a_dense_subclass_with_a_buffer_declares_it():
     assert layer.declared_shapes("params") == {"weight": (3, 2), "bias": (2,)}
     assert layer.declared_shapes("buffers") == {"calls": (1,)}
     assert pn.Dense(3, 2, bias=False).declared_shapes("buffers") == {}
+
+
+# -------------------------------------------------------------- activations ----
+
+
+def test_leaky_relu_with_a_negative_slope_scales_zero_too(xp):
+    # f(x) = x for x > 0 and a * x otherwise: at x = +0 that is a * 0, which is -0 for
+    # a < 0 (IEEE 754), so the sign of the zero shows which side x = 0 took
+    xs, device = xp
+    f = A.LeakyReLU(-0.5)
+    got = host(f(put(xs, device, [0.0, 2.0, -2.0], "float32")))
+    np.testing.assert_array_equal(got, [0.0, 2.0, 1.0])
+    assert np.signbit(got[0])
