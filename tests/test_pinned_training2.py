@@ -340,3 +340,35 @@ def test_leaky_relu_with_a_negative_slope_scales_zero_too(xp):
     got = host(f(put(xs, device, [0.0, 2.0, -2.0], "float32")))
     np.testing.assert_array_equal(got, [0.0, 2.0, 1.0])
     assert np.signbit(got[0])
+
+
+# ------------------------------------------------------------------ dropout ----
+
+
+def test_dropout_defaults_to_half_and_takes_zero():
+    assert pn.Dropout().p == 0.5 and repr(pn.Dropout()) == "Dropout(0.5)"
+    assert pn.Dropout(0.0).p == 0.0 and pn.Dropout(0).p == 0.0
+    with pytest.raises(ValueError, match=r"^Dropout: p must be a number in \[0, 1\), got 1\.0$"):
+        pn.Dropout(1.0)
+
+
+def test_dropout_of_zero_is_the_identity_and_draws_nothing_in_training(xp):
+    xs, device = xp
+    net = pn.Sequential([pn.Dense(3, 3), pn.Dropout(0.0)], backend=xs, device=device, seed=0)
+    x = np.arange(6.0).reshape(2, 3)
+    before = net.rng.bit_generator.state
+    np.testing.assert_array_equal(host(net.forward(x, training=True)), host(net.forward(x)))
+    assert net.rng.bit_generator.state == before  # the next masks and shuffles are unchanged
+
+
+def test_dropout_layer_forward_defaults_to_evaluation_and_passes_gradients_without_a_mask(xp):
+    xs, device = xp
+    net = pn.Sequential([pn.Dropout(0.5)], backend=xs, device=device, seed=0, input_shape=(3,))
+    layer = net.layers[0]
+    g = put(xs, device, np.arange(6.0).reshape(2, 3), "float32")
+    # a fresh layer has no mask: its gradient passes through
+    np.testing.assert_array_equal(host(layer.backward(g)), host(g))
+    before = net.rng.bit_generator.state
+    np.testing.assert_array_equal(host(layer.forward(g)), host(g))  # training=False
+    assert net.rng.bit_generator.state == before
+    np.testing.assert_array_equal(host(layer.backward(g)), host(g))
