@@ -72,6 +72,21 @@ def test_per_sample_losses_of_predictions_with_more_axes(xp, dtype):
         assert_close(loss.value(pa, ta, sample_weight=w), (3 * want[0] + want[1]) / 4, dtype)
 
 
+def test_a_loss_is_of_the_predictions_dtype_whatever_the_targets_and_weights(xp, float64):
+    # float32 predictions with float64 targets (or weights): the sums are float64 on
+    # every backend, and the loss is cast back to the predictions' float32
+    xs, device = xp
+    pred = put(xs, device, [[0.5, -1.0], [2.0, 0.0]], "float32")
+    targets = np.array([[0.25, 0.75], [1.0, 0.0]])
+    probs, probs32 = put(xs, device, targets, float64), put(xs, device, targets, "float32")
+    w = put(xs, device, [1.0, 3.0], float64)
+    for loss in (L.MSE(), L.MAE(), L.Huber(), L.BCEWithLogits(), L.CrossEntropy()):
+        value, _ = loss.value_and_grad(pred, probs)
+        weighted = loss.value(pred, probs32, sample_weight=w)
+        for got in (value, loss.value(pred, probs), weighted):
+            assert tuple(got.shape) == () and got.dtype == xs.float32, loss.name
+
+
 # ---------------------------------------------------------------- Sequential ----
 
 
