@@ -87,6 +87,32 @@ def test_a_loss_is_of_the_predictions_dtype_whatever_the_targets_and_weights(xp,
             assert tuple(got.shape) == () and got.dtype == xs.float32, loss.name
 
 
+class _Half:
+    """A loss function object with no ``__name__``."""
+
+    def __call__(self, pred, target):
+        return _target_mean(pred, target) / 2
+
+
+def test_a_loss_is_named_after_its_function_unless_named():
+    assert L.Loss(_target_mean, _no_grad).name == "_target_mean"
+    assert L.Loss(_target_mean, _no_grad, name="mine").name == "mine"
+    assert L.Loss(_Half(), _no_grad).name == "loss"  # no __name__ to take
+    assert L.Loss(_Half(), _no_grad).config() == {"name": "loss"}
+
+
+def test_cross_entropy_takes_label_smoothing_up_to_one(xp, dtype):
+    # label_smoothing=1: the target is uniform over the classes, whatever the labels,
+    # and the loss is the mean over classes of -log softmax: log 2 for equal logits
+    xs, device = xp
+    ce = L.CrossEntropy(label_smoothing=1.0)
+    assert ce.label_smoothing == 1.0
+    z = put(xs, device, [[0.0, 0.0], [3.0, 3.0]], dtype)
+    assert_close(ce.value(z, put(xs, device, [0, 1], "int64")), math.log(2.0), dtype)
+    with pytest.raises(ValueError, match=r"^CrossEntropy: label_smoothing must be in \[0, 1\], got 1\.5$"):
+        L.CrossEntropy(label_smoothing=1.5)
+
+
 # ---------------------------------------------------------------- Sequential ----
 
 
@@ -164,6 +190,21 @@ def test_evaluate_takes_batches_of_256_rows_by_default(xp):
     rec.rows[False].clear()
     net.evaluate(x, y, loss="mse", batch_size=100)
     assert rec.rows[False] == [100, 100, 100]
+
+
+def test_array_view_shows_the_parameters_by_default_and_counts_assignments(xp):
+    xs, device = xp
+    net = pn.Sequential([pn.Dense(2, 3), pn.BatchNorm(3), pn.Dense(3, 1)], backend=xs,
+                        device=device, seed=0)
+    view = pn.network.ArrayView(net.layers)
+    # the batch norm's running statistics are buffers, not in the view
+    assert list(view) == list(net.parameters()) == [
+        "0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "2.bias"]
+    assert view.version == 0 and net.parameters().version == 0
+    for count in (1, 2, 3):
+        view["0.bias"] = put(xs, device, [float(count)] * 3, "float32")
+        assert view.version == count
+    assert_close(net.parameters()["0.bias"], [3.0, 3.0, 3.0], "float32")
 
 
 # ---------------------------------------------------------------- optimizers ----
