@@ -234,3 +234,24 @@ def test_adamw_passes_eps_hat_on(xp, dtype):
         opt.step(params, {"w": put(xs, device, [g], dtype)})
         step = lr * c2 / (1 - 0.9) * m / (math.sqrt(v) + eps_t)
         assert_close(params["w"], [1.0 - step], dtype, err_msg=f"eps_hat={eps_hat}")
+
+
+def test_optimizer_lr_from_a_schedule_config_or_schedule_and_its_checks():
+    sgd = pn.SGD(lr={"name": "step", "step_size": 2, "initial_lr": 0.4})
+    assert type(sgd.schedule) is pn.StepLR and sgd.lr == 0.4
+    # the rate before the first step is the schedule's at step 0
+    assert pn.SGD(lr=pn.ExponentialLR(0.5, initial_lr=1.0)).lr == 1.0
+    assert pn.SGD(lr=0.1, initial_lr=0.3).initial_lr == 0.3
+    with pytest.raises(ValueError, match=r"^initial_lr must be > 0, got -1$"):
+        pn.SGD(lr=0.1, initial_lr=-1)
+    with pytest.raises(ValueError, match=r"^clip_value must be > 0, got -1$"):
+        pn.SGD(lr=0.1, clip_value=-1)
+
+
+def test_a_new_network_has_completed_no_epoch_and_is_not_stopped(xp):
+    xs, device = xp
+    net, _ = _recording_net(xs, device)
+    assert net.epoch == 0 and net.stop_training is False
+    history = net.fit(np.zeros((2, 2)), np.zeros((2, 1)), loss="mse", optimizer="sgd",
+                      epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and net.epoch == 2
