@@ -255,3 +255,32 @@ def test_a_new_network_has_completed_no_epoch_and_is_not_stopped(xp):
     history = net.fit(np.zeros((2, 2)), np.zeros((2, 1)), loss="mse", optimizer="sgd",
                       epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2 and net.epoch == 2
+
+
+def test_an_optimizer_steps_with_its_schedules_rate_at_each_step(xp, dtype):
+    xs, device = xp
+    params = {"w": put(xs, device, [0.0], dtype)}
+    opt = pn.SGD(lr=pn.ExponentialLR(0.5, initial_lr=1.0))
+    for _ in range(3):
+        opt.step(params, {"w": put(xs, device, [1.0], dtype)})
+    assert opt.lr == 0.25  # the rate of the last step, step 2
+    assert_close(params["w"], [-(1.0 + 0.5 + 0.25)], dtype)
+
+
+def test_input_shape_must_be_positive_ints():
+    for bad in [(), (2.5,), (True,), (2, 0)]:
+        with pytest.raises(ValueError, match=r"^input_shape must be a tuple of positive ints, got "):
+            pn.Sequential([pn.Dense(2, 1)], backend="numpy", input_shape=bad)
+
+
+def test_inputs_and_targets_are_named_in_errors(xp):
+    xs, device = xp
+    net, _ = _recording_net(xs, device)
+    with pytest.raises(ValueError, match=r"^x: .* expects a batch of shape \(n, 2\), got \(3, 5\)$"):
+        net.predict(np.zeros((3, 5)))
+    with pytest.raises(TypeError, match=r"^x must hold numbers"):
+        net.predict(np.array([["a", "b"]]))
+    with pytest.raises(TypeError, match=r"^y must hold numbers"):
+        net.evaluate(np.zeros((1, 2)), np.array([["a"]]), loss="mse")
+    # one row is a batch like any other
+    assert set(net.evaluate(np.zeros((1, 2)), np.zeros((1, 1)), loss="mse")) == {"loss"}
