@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 
@@ -149,3 +150,21 @@ def sigint_handler(handler=signal.default_int_handler):
         yield
     finally:
         signal.signal(signal.SIGINT, outer)
+
+
+class WorstReport:
+    """The worst difference seen per test function, written as JSON at the end of a module
+    to the file named by the environment variable ``env`` (figures for the README)."""
+
+    def __init__(self, env: str):
+        self.env, self.worst = env, {}
+
+    def record(self, *diffs: float) -> None:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split("[")[0].split(" ")[0]
+        self.worst[test] = max(self.worst.get(test, 0.0), *diffs)
+
+    def write(self) -> None:
+        path = os.environ.get(self.env)
+        if path:
+            with open(path, "w") as f:
+                json.dump(dict(sorted(self.worst.items())), f, indent=1)

@@ -12,12 +12,10 @@ each gradient test is written to that file (the README's "Convolutional networks
 from __future__ import annotations
 
 import itertools
-import json
-import os
 
 import numpy as np
 import pytest
-from _util import assert_on, host, put
+from _util import WorstReport, assert_on, host, put
 from test_gradcheck import central_differences
 
 import portanet as pn
@@ -166,23 +164,19 @@ def gradcheck(net, x, max_entries=24, seed=0):
     return diffs
 
 
-#: The worst norm-relative difference per gradient test (``PORTANET_GRADCHECK_REPORT``).
-WORST: dict[str, float] = {}
+#: The worst norm-relative difference per test function (``PORTANET_GRADCHECK_REPORT``).
+REPORT = WorstReport("PORTANET_GRADCHECK_REPORT")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def gradcheck_report():
     yield
-    path = os.environ.get("PORTANET_GRADCHECK_REPORT")
-    if path:
-        with open(path, "w") as f:
-            json.dump(dict(sorted(WORST.items())), f, indent=1)
+    REPORT.write()
 
 
 def _assert_gradcheck(net, x):
     diffs = gradcheck(net, x)
-    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split("[")[0].split(" ")[0]
-    WORST[test] = max(WORST.get(test, 0.0), *diffs.values())
+    REPORT.record(*diffs.values())
     bad = {k: v for k, v in diffs.items() if not v <= FINITE_DIFFERENCE_RTOL}
     assert not bad, bad
 

@@ -14,11 +14,10 @@ of the README's "Convolutional networks" section.
 from __future__ import annotations
 
 import itertools
-import json
-import os
 
 import numpy as np
 import pytest
+from _util import WorstReport
 from test_image_layers import CONV_GRID
 
 import portanet as pn
@@ -48,22 +47,18 @@ def portanet_grads(layer, x, g, input_shape=None, state=None):
 
 
 #: The worst norm-relative difference per test function (``PORTANET_ORACLE_REPORT``).
-WORST: dict[str, float] = {}
+REPORT = WorstReport("PORTANET_ORACLE_REPORT")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def report():
     yield
-    path = os.environ.get("PORTANET_ORACLE_REPORT")
-    if path:
-        with open(path, "w") as f:
-            json.dump(dict(sorted(WORST.items())), f, indent=1)
+    REPORT.write()
 
 
 def assert_agree(ours: dict, theirs: dict, rtol: float = RTOL) -> None:
     diffs = {k: norm_rel_diff(ours[k], theirs[k].detach().numpy()) for k in theirs}
-    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split("[")[0].split(" ")[0]
-    WORST[test] = max(WORST.get(test, 0.0), *diffs.values())
+    REPORT.record(*diffs.values())
     bad = {k: v for k, v in diffs.items() if not v <= rtol}
     assert not bad, f"norm-relative differences above {rtol:g}: {bad} (all: {diffs})"
 

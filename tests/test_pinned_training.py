@@ -21,6 +21,7 @@ import time
 import numpy as np
 import pytest
 from _util import host
+from test_pinned import _Losses
 
 import portanet as pn
 from portanet.training import _Snapshot
@@ -138,20 +139,6 @@ def test_divergence_restores_the_parameters_and_the_optimizer_state(xp):
         np.testing.assert_array_equal(host(net.state_dict()[k]), host(v), err_msg=k)
 
 
-class _Scripted(pn.Loss):
-    """A loss whose values are scripted, step by step (its gradient is zero)."""
-
-    def __init__(self, values):
-        self.values = list(values)
-        super().__init__(self._f, self._df, name="scripted")
-
-    def _f(self, p, t):
-        return self.values.pop(0)
-
-    def _df(self, p, t):
-        return p * 0.0
-
-
 def test_divergence_at_the_first_step_keeps_the_optimizers_step_count():
     # nothing was checked sound in this call: the step count stays what it was (3)
     x, y = np.zeros((3, 2)), np.ones((3, 1))
@@ -160,7 +147,7 @@ def test_divergence_at_the_first_step_keeps_the_optimizers_step_count():
         net.train_step(x, y, "mse", opt)
     before = net.state_dict()
     with pytest.raises(pn.TrainingDivergedError, match="loss is nan at epoch 1, step 1 "):
-        net.fit(x, y, loss=_Scripted([math.nan, 1.0, 1.0]), optimizer=opt, batch_size=1,
+        net.fit(x, y, loss=_Losses([math.nan, 1.0, 1.0]), optimizer=opt, batch_size=1,
                 shuffle=False, verbose=0)
     assert opt.step_count == 3
     for k, v in before.items():
@@ -172,7 +159,7 @@ def test_divergence_before_the_first_update_leaves_a_fresh_optimizer_fresh():
     x, y = np.zeros((3, 2)), np.ones((3, 1))
     net, opt = _zero_net(), pn.Adam(1e-2)
     with pytest.raises(pn.TrainingDivergedError, match="loss is nan at epoch 1, step 2 "):
-        net.fit(x, y, loss=_Scripted([1.0, math.nan, 1.0]), optimizer=opt, batch_size=1,
+        net.fit(x, y, loss=_Losses([1.0, math.nan, 1.0]), optimizer=opt, batch_size=1,
                 shuffle=False, verbose=0)
     assert opt.step_count == 0 and not any(opt.state.values())
     twin, twin_opt = _zero_net(), pn.Adam(1e-2)
@@ -191,7 +178,7 @@ def test_divergence_restores_negative_zeros_bit_for_bit(losses, step):
     opt.state = {slot: {k: -a for k, a in arrays.items()} for slot, arrays in opt.state.items()}
     x, y = np.zeros((3, 2)), np.ones((3, 1))
     with pytest.raises(pn.TrainingDivergedError, match=f"loss is nan at epoch 1, step {step} "):
-        net.fit(x, y, loss=_Scripted(losses), optimizer=opt, batch_size=1, shuffle=False,
+        net.fit(x, y, loss=_Losses(losses), optimizer=opt, batch_size=1, shuffle=False,
                 verbose=0)
     w = net.state_dict()["0.weight"]
     assert np.signbit(w[0, 0]) and w[1, 0] == 2.0
