@@ -75,14 +75,6 @@ class Dense(Layer):
         if self.use_bias:
             self.params["bias"] = self.on_device(initializers.zeros(ctx.rng, shapes["bias"], 0, 0))
 
-    def declared_shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
-        """``path -> shape`` of every parameter (``kind="params"``) or buffer (``"buffers"``)
-        that building creates, here and in the layers inside: known before anything is built."""
-        def shapes(owner: Layer) -> dict[str, tuple[int, ...]]:
-            return owner.param_shapes() if kind == "params" else owner.buffer_shapes()
-
-        return {path: tuple(shapes(owner)[key]) for path, owner, key in self.slots(kind)}
-
     def expected_input_shape(self) -> Shape:
         return (self.in_features,)
 
