@@ -163,8 +163,11 @@ def mutation(session: nox.Session) -> None:
             shutil.rmtree("mutants", ignore_errors=True)  # a fresh run, not mutmut's cache
         if not any(a.startswith("--max-children") for a in args):
             args = ["--max-children", str(os.cpu_count() or 2), *args]
+        # mutmut forks its workers from a process whose joblib pool (a scikit-learn test
+        # with n_jobs=2) they would wait on forever: run joblib's jobs in-process instead.
         session.run("mutmut", "run", *args,
-                    env={"OMP_NUM_THREADS": "1", "PORTANET_TEST_BACKEND": "numpy"})
+                    env={"OMP_NUM_THREADS": "1", "PORTANET_TEST_BACKEND": "numpy",
+                         "JOBLIB_MULTIPROCESSING": "0"})
     session.run("python", ".ci/mutation_report.py")  # fails while survivors are untriaged
 
 

@@ -223,3 +223,35 @@ def test_reduce_sums_gradients_and_loss_at_every_step(xp, dtype):
             np.testing.assert_array_equal(weight, np.full((2, 3), want))
             np.testing.assert_array_equal(bias, np.full(4, 10.0 * want))
             assert total == want + 1.0
+
+
+def test_a_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(xp, monkeypatch):
+    # Ctrl-C reaches one process of an MPI job (here rank 0, in its third step); every rank
+    # must stop at the same step boundary, or the next collective would wait forever.
+    flags = {}  # each rank's Ctrl-C flag, by thread
+
+    class Interrupts(pn.training._Interrupts):
+        def __init__(self):
+            super().__init__()
+            flags[threading.get_ident()] = self
+
+    class CtrlCOnRankZero(pn.Callback):
+        steps = 0
+
+        def on_batch_end(self, step, logs):
+            self.steps += 1
+            if self.comm.rank == 0 and self.steps == 3:
+                flags[threading.get_ident()].requested = True  # as a SIGINT would set it
+
+    monkeypatch.setattr(pn.training, "_Interrupts", Interrupts)
+
+    def fit(comm):
+        backend, device = xp
+        x, y = data(images=False)
+        net = pn.Sequential(NETWORKS["mlp"](), backend=backend, device=device, seed=0)
+        opt, cb = pn.SGD(0.1), CtrlCOnRankZero()
+        history = net.fit(x, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=30,
+                          verbose=0, distributed=comm, callbacks=[cb])
+        return history.interrupted, history.epoch, opt.step_count
+
+    assert run_ranks(fit) == [(True, [], 3), (True, [], 3)]

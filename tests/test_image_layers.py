@@ -54,6 +54,10 @@ def reference_pool(x, kernel, stride, padding, kind):
     return out
 
 
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 def _pads(padding, kernel, dilation):
     if padding == "same":
         total = [d * (k - 1) for d, k in zip(dilation, kernel)]
@@ -104,8 +108,8 @@ def test_conv_matches_the_loop_reference(xp, float64, cfg):
 
 
 @pytest.mark.parametrize("kind,kernel,stride,padding", [
-    ("max", 2, None, 0), ("max", 3, 2, 1), ("max", (2, 3), (1, 2), (1, 1)),
-    ("avg", 2, None, 0), ("avg", 3, 2, 1), ("avg", (3, 2), 1, (1, 0)),
+    ("max", 2, None, 0), ("max", 3, 2, 1), ("max", (2, 3), (1, 2), (1, 1)), ("max", 1, 2, 0),
+    ("max", 2, 1, 0), ("avg", 2, None, 0), ("avg", 3, 2, 1), ("avg", (3, 2), 1, (1, 0)),
 ])
 def test_pooling_matches_the_loop_reference(xp, dtype, kind, kernel, stride, padding):
     xs, device = xp
@@ -115,7 +119,10 @@ def test_pooling_matches_the_loop_reference(xp, dtype, kind, kernel, stride, pad
     net = _single(layer, xs, device, dtype, x.shape[1:])
     y = net.predict(put(xs, device, x, dtype))
     xd = x.astype(dtype).astype(np.float64)
-    expected = reference_pool(xd, layer.kernel_size, layer.stride, layer.padding, kind)
+    # the reference reads the arguments as given (stride defaults to the kernel), not as
+    # the layer stored them
+    expected = reference_pool(xd, _pair(kernel), _pair(kernel if stride is None else stride),
+                              _pair(padding), kind)
     assert_on(xs, device, y, dtype, expected.shape)
     assert_close(y, expected, dtype, scale=4)
 
@@ -192,11 +199,12 @@ def test_conv_gradients_by_finite_differences(xp, float64, cfg):
 
 @pytest.mark.parametrize("make", [
     lambda: pn.MaxPool2D(2), lambda: pn.MaxPool2D(3, stride=2, padding=1),
+    lambda: pn.MaxPool2D(1, stride=2),
     lambda: pn.AvgPool2D(3, stride=1, padding=1), lambda: pn.AvgPool2D((2, 3), stride=(2, 1)),
     lambda: pn.GlobalAvgPool2D(), lambda: pn.Flatten(), lambda: pn.Reshape((-1, 3)),
     lambda: pn.BatchNorm(2), lambda: pn.BatchNorm(2, affine=False), lambda: pn.LayerNorm((7, 6)),
     lambda: pn.LayerNorm((2, 7, 6), elementwise_affine=False),
-], ids=["max2", "max3s2p1", "avg3p1", "avg23", "gap", "flatten", "reshape", "bn", "bn-noaffine",
+], ids=["max2", "max3s2p1", "max1s2", "avg3p1", "avg23", "gap", "flatten", "reshape", "bn", "bn-noaffine",
         "ln", "ln-noaffine"])
 def test_pool_norm_and_reshape_gradients_by_finite_differences(xp, float64, make):
     xs, device = xp
@@ -378,6 +386,17 @@ def test_bad_arguments_name_the_layer(make, match):
 def test_shapes_are_checked_when_the_network_is_built(layers, shape, match):
     with pytest.raises(ValueError, match=match):
         pn.Sequential(layers(), input_shape=shape)
+
+
+def test_a_network_without_dense_sizes_takes_images_of_any_size(xp):
+    xs, device = xp
+    net = pn.Sequential([pn.Conv2D(1, 2, 3), pn.MaxPool2D(2), pn.AvgPool2D(2, stride=1),
+                         pn.GlobalAvgPool2D(), pn.Dense(2, 3)], backend=xs, device=device,
+                        seed=0)  # input (1, ?, ?): every layer passes the unknown sizes on
+    assert net.input_shape == (1, None, None) and net.output_shape == (3,)
+    for size in (8, 13):
+        y = net.predict(np.random.default_rng(size).normal(size=(2, 1, size, size)))
+        assert_on(xs, device, y, "float32", (2, 3))
 
 
 def test_unknown_sizes_are_checked_at_the_first_batch(xp):

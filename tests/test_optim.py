@@ -125,6 +125,10 @@ def test_bad_state_dict_changes_nothing():
     (lambda: pn.SGD(lr=0.1, nesterov=True), "nesterov=True needs momentum"),
     (lambda: pn.Adam(betas=(0.9,)), "betas must be a pair"),
     (lambda: pn.Adam(eps=-1.0), "eps must be >= 0"),
+    (lambda: pn.Adam(betas=(1.0, 0.999)), r"^betas\[0\] must be in \[0, 1\), got 1\.0$"),
+    (lambda: pn.Adam(betas=(0.9, -0.5)), r"^betas\[1\] must be >= 0, got -0\.5$"),
+    (lambda: pn.Adam(weight_decay=-0.1), r"^weight_decay must be >= 0, got -0\.1$"),
+    (lambda: pn.AdamW(weight_decay=-0.1), r"^weight_decay must be >= 0, got -0\.1$"),
     (lambda: pn.Adam(clip_norm=0.0), "clip_norm must be > 0"),
     (lambda: pn.optim.get("rmsprop"), "unknown optimizer"),
 ])

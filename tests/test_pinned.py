@@ -70,6 +70,9 @@ def test_labels_dropout_and_shuffles_stay_on_the_networks_device(device1):
                         backend="array_api_strict", device=device1, seed=0)
     value = net.train_step(x, y, pn.CrossEntropy(label_smoothing=0.1), pn.Adam(1e-2))
     assert value.device == device1
+    weighted = net.train_step(x, y, "cross_entropy", pn.SGD(0.1),
+                              sample_weight=np.linspace(0.5, 2.0, 20))  # host weights move too
+    assert weighted.device == device1
     history = net.fit(x, y, loss="cross_entropy", optimizer="adam", epochs=2, batch_size=8,
                       verbose=0, metrics=["accuracy"], validation_split=0.2)
     assert len(history.history["val_accuracy"]) == 2

@@ -113,7 +113,7 @@ def test_conv_with_rectangular_windows_matches_the_loops(xp, float64, kernel, st
                 "float64", scale=10)
 
 
-@pytest.mark.parametrize("budget", [100, 1], ids=["one-chunk", "chunk-per-sample"])
+@pytest.mark.parametrize("budget", [100, 3, 1], ids=["one-chunk", "two-chunks", "chunk-per-sample"])
 @pytest.mark.parametrize("padding", [0, 1])
 def test_conv_of_a_read_only_input_in_chunks_matches_the_loops(xp, dtype, monkeypatch, budget,
                                                                padding):
@@ -123,7 +123,11 @@ def test_conv_of_a_read_only_input_in_chunks_matches_the_loops(xp, dtype, monkey
     xs, device = xp
     rng = np.random.default_rng(11)
     x = rng.normal(size=(5, 2, 7, 6))  # 2 channels, 5 samples: the axes cannot be confused
-    net = _net([pn.Conv2D(2, 3, 3, padding=padding)], xp, dtype, x.shape[1:])
+    layer = pn.Conv2D(2, 3, 3, padding=padding)
+    net = _net([layer], xp, dtype, x.shape[1:])
+    chunks = layer._chunks(5, net.output_shape[1:], np.zeros(x.shape))
+    # two chunks join two parts: the case where one part must not be taken for all
+    assert len(chunks) == {100: 1, 3: 2 if padding == 0 else 5, 1: 5}[budget]
     state = _with_bias(net, rng)
     g = rng.normal(size=(5, *net.output_shape))
     pads = ((padding, padding),) * 2

@@ -208,6 +208,28 @@ def test_image_train_step_does_not_sync_on_cupy(xp):
                    pn.AdamW(1e-2, clip_norm=0.01, clip_value=1e-3))
 
 
+@ON_CUPY
+def test_sample_weights_on_the_device_are_not_read_in_a_step(xp):
+    """Weights already on the GPU are checked for their shape only (their values would
+    need a sync); host weights are read, and their errors raised."""
+    xp_, device = xp
+    cupy, cupyx = _cupy()
+    rng = np.random.default_rng(2)
+    net = pn.Sequential([pn.Dense(8, 3)], backend=xp_, device=device, dtype="float32", seed=0)
+    x = cupy.asarray(rng.normal(size=(32, 8)), dtype=cupy.float32)
+    y = cupy.asarray(rng.normal(size=(32, 3)), dtype=cupy.float32)
+    w = cupy.asarray(rng.uniform(0.5, 2.0, 32), dtype=cupy.float32)
+    opt = pn.SGD(0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # allow_synchronize is deprecated
+        with cupyx.allow_synchronize(False):
+            for _ in range(2):
+                net.train_step(x, y, "mse", opt, sample_weight=w)
+    assert opt.step_count == 2
+    with pytest.raises(ValueError, match="sample_weight must be >= 0"):
+        net.train_step(x, y, "mse", opt, sample_weight=-w.get())
+
+
 @pytest.mark.skipif(not EMULATED_CUPY, reason="checks the CuPy stand-in (PORTANET_TEST_CUPY=emulated)")
 def test_the_stand_in_declares_what_cupy_syncs_on(xp):
     """The stand-in raises where real CuPy does: a host read, a boolean mask, a

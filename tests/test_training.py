@@ -415,6 +415,18 @@ def test_bad_sample_weights_are_named_and_change_nothing(bad, match):
         np.testing.assert_array_equal(net.state_dict()[name], value)
 
 
+def test_weights_that_are_not_numbers_or_a_loss_that_cannot_weight_are_type_errors():
+    x, y, w = _weighted_data()
+    net = _tiny_net()
+    with pytest.raises(TypeError, match=r"^sample_weight must be a numeric array; could not "):
+        net.train_step(x, y, "cross_entropy", pn.SGD(0.1), sample_weight=[[1.0], [1.0, 2.0]])  # ragged
+    with pytest.raises(TypeError, match=r"^sample_weight must hold numbers, got an array of "):
+        net.train_step(x, y, "cross_entropy", pn.SGD(0.1), sample_weight=w.astype(str))
+    plain = pn.Loss(lambda p, t: ((p - t) ** 2).sum(), lambda p, t: 2 * (p - t), name="sq")
+    with pytest.raises(TypeError, match=r"^loss 'sq' has no per-sample form, so it cannot "):
+        net.train_step(x, np.eye(3)[y], plain, pn.SGD(0.1), sample_weight=w)
+
+
 def test_train_step_takes_weights(xp):
     xs, device = xp
     x, y, w = _weighted_data()

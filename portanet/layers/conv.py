@@ -170,7 +170,7 @@ class Conv2D(Layer):
             dw2 = share if dw2 is None else dw2 + share
             if dx is not None:
                 dcols = xp.matrix_transpose(w2) @ g_chunk  # dL/dX = W2^T G
-                dx.add(lo, hi, self._col2im(dcols, dx.rows(lo, hi), out_hw))
+                dx.add(self._col2im(dcols, dx.rows(lo, hi), out_hw))
                 del dcols
         self.grads["weight"] = xp.reshape(dw2, self.param_shapes()["weight"])
         if self.use_bias:
@@ -221,7 +221,9 @@ class _InputGrad:
         return self.xp.zeros((self.shape[0], hi - lo, *self.shape[2:]), dtype=self.dtype,
                              device=self.device)
 
-    def add(self, lo: int, hi: int, part: Array) -> None:
+    def add(self, part: Array) -> None:
+        """Keep the next samples' gradient, made in the zeros :meth:`rows` gave (already in
+        the whole where it is writeable)."""
         if self.whole is None:
             self.parts.append(part)
 
