@@ -144,10 +144,13 @@ def layers_from_spec(spec: dict, activation) -> list:
 def sigint_handler(handler=signal.default_int_handler):
     """``handler`` (default: Python's own Ctrl-C handler) for SIGINT for the duration,
     whatever this process inherited (``nohup`` and background jobs start with SIGINT
-    ignored, which fit respects)."""
+    ignored, which fit respects). A ``KeyboardInterrupt`` that escapes the body fails
+    the test (pytest would otherwise stop the whole run as if a user had pressed Ctrl-C)."""
     outer = signal.signal(signal.SIGINT, handler)
     try:
         yield
+    except KeyboardInterrupt as exc:
+        raise AssertionError("a Ctrl-C escaped: fit should have stopped at a step boundary") from exc
     finally:
         signal.signal(signal.SIGINT, outer)
 
