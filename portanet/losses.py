@@ -147,9 +147,10 @@ class Loss:
 def weight_total(xp: Any, w: Array) -> Array:
     """``sum(w)`` as a denominator: a batch whose weights are all zero then counts for
     nothing (a zero loss and gradient) instead of dividing by zero."""
-    # maximum with a scalar, not xp.clip: array-api-compat's clip for CuPy reads a mask on
-    # the host (a device sync in every weighted step)
-    return xp.maximum(xp.sum(w), xp.finfo(w.dtype).smallest_normal)
+    # maximum, not xp.clip: array-api-compat's clip for CuPy reads a mask on the host (a
+    # device sync in every weighted step); the floor in w's dtype, so no promotion
+    floor = xp.asarray(xp.finfo(w.dtype).smallest_normal, dtype=w.dtype, device=device_of(w))
+    return xp.maximum(xp.sum(w), floor)
 
 
 #: Every loss name: ``get``, ``fit(loss=...)`` and the CLI read it.

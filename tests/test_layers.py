@@ -134,3 +134,40 @@ def test_same_seed_same_weights_on_every_backend(xp, dtype):
         np.testing.assert_array_equal(net.state_dict()[name], value)
     other = pn.Sequential(layers(), backend="numpy", dtype=dtype, seed=43)
     assert not np.array_equal(other.state_dict()["0.weight"], ref.state_dict()["0.weight"])
+
+
+# ------------------------------------------------------- Dense, directly ----
+
+
+@pytest.mark.parametrize("args, name", [((0, 3), "in_features"), ((3, True), "out_features"),
+                                        ((2.0, 3), "in_features")])
+def test_dense_names_the_size_that_is_not_a_positive_int(args, name):
+    with pytest.raises(ValueError, match=rf"^Dense: {name} must be a positive int, got "):
+        pn.Dense(*args)
+
+
+def test_dense_forward_evaluates_and_backward_returns_the_input_gradient_by_default(xp, float64):
+    xs, device = xp
+    rng = np.random.default_rng(16)
+    net = pn.Sequential([pn.Dense(4, 3, activation="tanh")], backend=xs, device=device,
+                        dtype="float64", seed=0)
+    dense, x = net.layers[0], put(xs, device, rng.normal(size=(5, 4)), "float64")
+    y = dense.forward(x)
+    np.testing.assert_array_equal(host(y), host(net.predict(x)))
+    g = rng.normal(size=(5, 3))
+    dx = dense.backward(put(xs, device, g, "float64"))  # no need_input_grad argument: dL/dx
+    assert_on(xs, device, dx, "float64", (5, 4))
+    w = host(net.state_dict()["0.weight"])
+    dz = g * (1.0 - host(y) ** 2)  # tanh' = 1 - tanh^2
+    assert_close(dx, dz @ w.T, "float64")
+    with pytest.raises(ValueError, match=r"expects input of shape \(n, 4\), got \(5, 4, 1\)"):
+        dense.forward(put(xs, device, rng.normal(size=(5, 4, 1)), "float64"))
+
+
+def test_forward_checked_evaluates_unless_told_to_train(xp):
+    xs, device = xp
+    net = pn.Sequential([pn.Dense(4, 16), pn.Dropout(0.5), pn.Dense(16, 2)], backend=xs,
+                        device=device, seed=0)
+    x = net.as_input(np.random.default_rng(17).normal(size=(6, 4)))
+    np.testing.assert_array_equal(host(net.forward_checked(x)), host(net.predict(x)))
+    assert not np.array_equal(host(net.forward_checked(x, training=True)), host(net.predict(x)))

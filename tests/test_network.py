@@ -210,6 +210,12 @@ def test_wrong_width_leaves_network_unchanged(xp):
 def test_layers_must_be_layers_and_unshared():
     with pytest.raises(TypeError, match="layer 1 is str"):
         pn.Sequential([pn.Dense(2, 2), "relu"])
+    with pytest.raises(TypeError, match=r"^layers must be a sequence of Layer objects, got Dense$"):
+        pn.Sequential(pn.Dense(2, 2))  # one layer, not in a list
+    with pytest.raises(TypeError, match=r"^layers must be a sequence of Layer objects, got int$"):
+        pn.Sequential(3)
+    with pytest.raises(ValueError, match="cannot tell the input shape from its first layer"):
+        pn.Sequential([pn.MaxPool2D(2), pn.Flatten(), pn.Dense(4, 2)])  # sizes come after
     with pytest.raises(ValueError, match="at least one layer"):
         pn.Sequential([])
     shared = pn.Dense(2, 2)

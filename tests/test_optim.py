@@ -125,6 +125,8 @@ def test_bad_state_dict_changes_nothing():
     (lambda: pn.SGD(lr=0.1, nesterov=True), "nesterov=True needs momentum"),
     (lambda: pn.Adam(betas=(0.9,)), "betas must be a pair"),
     (lambda: pn.Adam(eps=-1.0), "eps must be >= 0"),
+    (lambda: pn.SGD(lr=True), r"^lr must be a finite number, got True$"),
+    (lambda: pn.SGD(lr="0.1"), r"^lr must be a finite number, got '0\.1'$"),
     (lambda: pn.Adam(betas=(1.0, 0.999)), r"^betas\[0\] must be in \[0, 1\), got 1\.0$"),
     (lambda: pn.Adam(betas=(0.9, -0.5)), r"^betas\[1\] must be >= 0, got -0\.5$"),
     (lambda: pn.Adam(weight_decay=-0.1), r"^weight_decay must be >= 0, got -0\.1$"),
@@ -185,3 +187,82 @@ def test_row_blocks_cover_every_row_once():
     covered = [i for s in blocks for i in range(10)[s]]
     assert covered == list(range(10))
     assert fast.row_blocks((7,))[0] == slice(0, 7)
+
+
+# ------------------------------------------------------------ packing ----
+# A small network's parameters and optimizer state are packed into flat buffers
+# (_fast_optim.packed); these pin when that happens and that it never goes stale.
+
+
+def _two_layer_net():
+    return pn.Sequential([pn.Dense(3, 4, activation="tanh"), pn.Dense(4, 2)], dtype="float64",
+                         seed=0)
+
+
+def _xy():
+    rng = np.random.default_rng(5)
+    return rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+
+
+def _train_across_a_load(what):
+    """Two Adam steps, a load of changed values (the network's or the optimizer's), two
+    more steps: the final parameters and optimizer state."""
+    net, opt, (x, y) = _two_layer_net(), pn.Adam(1e-2), _xy()
+    for _ in range(2):
+        net.train_step(x, y, "mse", opt)
+    if what == "parameters":
+        net.load_state_dict({k: v * 0.5 for k, v in net.state_dict().items()})
+    else:
+        sd = opt.state_dict()
+        opt.load_state_dict({**sd, "state": {name: {slot: a * 0.5 for slot, a in slots.items()}
+                                             for name, slots in sd["state"].items()}})
+    for _ in range(2):
+        net.train_step(x, y, "mse", opt)
+    return net.state_dict(), opt.state_dict()["state"]
+
+
+@pytest.mark.parametrize("what", ["parameters", "optimizer"])
+def test_steps_after_a_load_update_the_loaded_arrays(monkeypatch, what):
+    packed_params, packed_state = _train_across_a_load(what)
+    monkeypatch.setattr(fast, "PACK_ELEMENTS", 0)  # nothing packed: each array on its own
+    params, state = _train_across_a_load(what)
+    for name, value in params.items():
+        np.testing.assert_array_equal(packed_params[name], value, err_msg=name)
+    for name, slots in state.items():
+        for slot, value in slots.items():
+            np.testing.assert_array_equal(packed_state[name][slot], value, err_msg=f"{name}/{slot}")
+
+
+def test_the_packing_is_checked_again_only_after_an_array_was_replaced(monkeypatch):
+    checks = []
+    intact = fast.Packed.intact
+    monkeypatch.setattr(fast.Packed, "intact", lambda self, *a: checks.append(1) or intact(self, *a))
+    net, opt, (x, y) = _two_layer_net(), pn.Adam(1e-2), _xy()
+    for _ in range(4):
+        net.train_step(x, y, "mse", opt)
+    assert checks == []  # packed at the first step; nothing replaced since: no check at all
+    assert all(np.shares_memory(p, opt._packed.p) for p in net.parameters().values())
+    net.load_state_dict(net.state_dict())  # every parameter replaced
+    net.train_step(x, y, "mse", opt)
+    assert checks == [1]  # the packing is found broken once, and made again
+    assert all(np.shares_memory(p, opt._packed.p) for p in net.parameters().values())
+    net.train_step(x, y, "mse", opt)
+    assert checks == [1]
+
+
+@pytest.mark.parametrize("extra, packs", [(0, True), (1, False)])
+def test_up_to_pack_elements_parameters_are_packed(extra, packs):
+    params = {"w": np.ones(fast.PACK_ELEMENTS - 1 + extra), "b": np.ones(1)}
+    opt = pn.SGD(0.5)
+    opt.step(params, {"w": np.ones_like(params["w"]), "b": np.ones(1)})
+    assert (opt._packed is not None) is packs
+    assert np.all(params["w"] == 0.5) and np.all(params["b"] == 0.5)
+
+
+def test_parameters_of_two_dtypes_are_each_updated_in_their_own():
+    params = {"a": np.ones(3, dtype=np.float32), "b": np.ones(2, dtype=np.float64)}
+    opt = pn.SGD(0.25)
+    for _ in range(2):
+        opt.step(params, {"a": np.ones(3, dtype=np.float32), "b": np.ones(2, dtype=np.float64)})
+    assert params["a"].dtype == np.float32 and params["b"].dtype == np.float64
+    assert np.all(params["a"] == 0.5) and np.all(params["b"] == 0.5)

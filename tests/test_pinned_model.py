@@ -416,6 +416,10 @@ def test_to_a_device_keeps_the_backend_and_checks_float64():
                                          "has no float64"):
         net.to(device=strict.Device("no_float64"))
     assert net.device == strict.Device("device1")
+    with pytest.raises(ValueError, match="device .*no_float64.* of backend 'array_api_strict' "
+                                         "has no float64"):
+        pn.Sequential([pn.Dense(2, 1)], backend="array_api_strict", dtype="float64",
+                      device=strict.Device("no_float64"))
     for name, p in net.parameters().items():
         assert p.device == strict.Device("device1") and p.dtype == strict.float64
         np.testing.assert_array_equal(pn.to_numpy(p), before[name], err_msg=name)
@@ -431,3 +435,11 @@ def test_predict_refuses_a_batch_size_below_one_whatever_the_rows(xp):
             with pytest.raises(ValueError,
                                match=f"^batch_size must be a positive int, got {batch_size}$"):
                 net.predict(np.zeros((rows, 2)), batch_size=batch_size)
+
+
+def test_an_input_on_another_device_of_the_same_backend_is_moved():
+    strict = pytest.importorskip("array_api_strict")
+    net = pn.Sequential([pn.Dense(2, 1)], backend="array_api_strict", seed=0)  # CPU_DEVICE
+    x = strict.asarray(np.ones((3, 2), dtype=np.float32), device=strict.Device("device1"))
+    y = net.predict(x)
+    assert y.device == net.device == strict.Device("CPU_DEVICE")
