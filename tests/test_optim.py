@@ -266,3 +266,20 @@ def test_parameters_of_two_dtypes_are_each_updated_in_their_own():
         opt.step(params, {"a": np.ones(3, dtype=np.float32), "b": np.ones(2, dtype=np.float64)})
     assert params["a"].dtype == np.float32 and params["b"].dtype == np.float64
     assert np.all(params["a"] == 0.5) and np.all(params["b"] == 0.5)
+
+
+def test_loaded_state_of_another_dtype_takes_the_parameters_dtype(xp):
+    # a float64 checkpoint's Adam state loaded to train a float32 network
+    xs, device = xp
+    net, (x, y) = pn.Sequential([pn.Dense(3, 2)], backend=xs, device=device, seed=0), _xy()
+    opt = pn.Adam(1e-2)
+    net.train_step(x, y, "mse", opt)
+    sd = opt.state_dict()
+    state64 = {name: {slot: a.astype(np.float64) for slot, a in slots.items()}
+               for name, slots in sd["state"].items()}
+    again = pn.Adam(1e-2)
+    again.load_state_dict({**sd, "state": state64})
+    net.train_step(x, y, "mse", again)
+    for slot, arrays in again.state.items():
+        for name, a in arrays.items():
+            assert_on(xs, device, a, "float32", tuple(net.parameters()[name].shape))
