@@ -280,6 +280,6 @@ def test_loaded_state_of_another_dtype_takes_the_parameters_dtype(xp):
     again = pn.Adam(1e-2)
     again.load_state_dict({**sd, "state": state64})
     net.train_step(x, y, "mse", again)
-    for slot, arrays in again.state.items():
+    for arrays in again.state.values():
         for name, a in arrays.items():
             assert_on(xs, device, a, "float32", tuple(net.parameters()[name].shape))
