@@ -255,3 +255,24 @@ def test_a_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(xp, monkeypatch)
         return history.interrupted, history.epoch, opt.step_count
 
     assert run_ranks(fit) == [(True, [], 3), (True, [], 3)]
+
+
+def test_ranks_never_ask_the_first_layer_for_the_input_gradient(monkeypatch):
+    # as in one process (test_training.py): dL/dx of the first layer would be thrown away
+    asked = []
+    backward = pn.Dense.backward
+
+    def spy(self, grad_out, need_input_grad=True):
+        asked.append(need_input_grad)
+        return backward(self, grad_out, need_input_grad)
+
+    monkeypatch.setattr(pn.Dense, "backward", spy)
+
+    def fit(comm):
+        x, y = data(images=False)
+        net = pn.Sequential([pn.Dense(12, 4)], seed=0)
+        net.fit(x[:40], y[:40], loss="cross_entropy", optimizer=pn.SGD(0.1), batch_size=20,
+                verbose=0, distributed=comm)
+
+    run_ranks(fit)
+    assert asked == [False] * 4  # 2 steps on each of 2 ranks

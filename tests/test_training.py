@@ -439,3 +439,24 @@ def test_train_step_takes_weights(xp):
     np.testing.assert_allclose(host(va), host(vb), rtol=1e-5)
     np.testing.assert_allclose(a.state_dict()["0.weight"], b.state_dict()["0.weight"], rtol=1e-4,
                                atol=1e-6)
+
+
+def test_a_training_step_never_asks_the_first_layer_for_the_input_gradient(monkeypatch):
+    # dL/dx of the first layer is thrown away; for a convolution it is the col2im, a fifth
+    # of a step (bench/conv_step.py), so train_step and fit must not ask for it
+    asked = []
+    backward = pn.Conv2D.backward
+
+    def spy(self, grad_out, need_input_grad=True):
+        asked.append(need_input_grad)
+        return backward(self, grad_out, need_input_grad)
+
+    monkeypatch.setattr(pn.Conv2D, "backward", spy)
+    net = pn.Sequential([pn.Conv2D(1, 2, 3), pn.ReLU(), pn.Conv2D(2, 2, 3), pn.Flatten(),
+                         pn.Dense(8, 3)], input_shape=(1, 6, 6), seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 1, 6, 6)), rng.integers(0, 3, size=8)
+    net.train_step(x, y, "cross_entropy", pn.SGD(0.1))
+    assert asked == [True, False]  # the second convolution, then the first
+    net.fit(x, y, loss="cross_entropy", optimizer="sgd", batch_size=4, verbose=0)
+    assert asked == [True, False] * 3
