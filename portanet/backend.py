@@ -521,6 +521,12 @@ def is_host_array(x: Any) -> bool:
     return getattr(dev, "platform", "cpu") == "cpu" if not isinstance(dev, str) else dev == "cpu"
 
 
+def is_plain_array(x: Any) -> bool:
+    """False for subclasses of NumPy's array (``np.matrix``, masked arrays), whose
+    operators do not follow the array API (``*`` is a matrix product for ``np.matrix``)."""
+    return type(x) is np.ndarray or not isinstance(x, np.ndarray)
+
+
 def is_host_data(x: Any) -> bool:
     """Whether reading ``x`` costs no device sync: lists, scalars, NumPy arrays, and
     arrays of any namespace in host memory."""

@@ -24,6 +24,7 @@ from .backend import (
     get_namespace,
     host_label_range,
     host_rng,
+    is_plain_array,
     namespace_of,
     resolve_device,
     resolve_dtype,
@@ -499,6 +500,10 @@ def _check_seed(seed: Any) -> int | None:
 
 
 def _is_ready(x: Any, xp: ModuleType, dtype: Any, device: Any) -> bool:
+    """Whether ``x`` can be used as it is: an array of ``xp`` (not a NumPy subclass such
+    as ``np.matrix``), of ``dtype``, on ``device``, and outside torch's autograd."""
+    if not is_plain_array(x):
+        return False
     try:
         ready = namespace_of(x) is xp and x.dtype == dtype and device_of(x) == device
     except TypeError:  # not an array of a known namespace

@@ -150,7 +150,7 @@ def sigint_handler(handler=signal.default_int_handler):
     try:
         yield
     except KeyboardInterrupt as exc:
-        raise AssertionError("a Ctrl-C escaped: fit should have stopped at a step boundary") from exc
+        raise AssertionError("a Ctrl-C (SIGINT) escaped the code under test") from exc
     finally:
         signal.signal(signal.SIGINT, outer)
 
@@ -171,3 +171,16 @@ class WorstReport:
         if path:
             with open(path, "w") as f:
                 json.dump(dict(sorted(self.worst.items())), f, indent=1)
+
+
+def record_need_input_grad(monkeypatch, layer_class) -> list:
+    """The ``need_input_grad`` of every call of ``layer_class.backward`` from now on."""
+    asked: list = []
+    backward = layer_class.backward
+
+    def recording(self, grad_out, need_input_grad=True):
+        asked.append(need_input_grad)
+        return backward(self, grad_out, need_input_grad)
+
+    monkeypatch.setattr(layer_class, "backward", recording)
+    return asked

@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 import pytest
-from _util import BACKEND, host, put
+from _util import BACKEND, host, put, record_need_input_grad
 from array_api_compat import is_writeable_array
 
 import portanet as pn
@@ -259,14 +259,7 @@ def test_a_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(xp, monkeypatch)
 
 def test_ranks_never_ask_the_first_layer_for_the_input_gradient(monkeypatch):
     # as in one process (test_training.py): dL/dx of the first layer would be thrown away
-    asked = []
-    backward = pn.Dense.backward
-
-    def spy(self, grad_out, need_input_grad=True):
-        asked.append(need_input_grad)
-        return backward(self, grad_out, need_input_grad)
-
-    monkeypatch.setattr(pn.Dense, "backward", spy)
+    asked = record_need_input_grad(monkeypatch, pn.Dense)
 
     def fit(comm):
         x, y = data(images=False)

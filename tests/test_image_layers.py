@@ -388,15 +388,22 @@ def test_shapes_are_checked_when_the_network_is_built(layers, shape, match):
         pn.Sequential(layers(), input_shape=shape)
 
 
-def test_a_network_without_dense_sizes_takes_images_of_any_size(xp):
+def test_a_network_whose_layers_fix_no_image_size_takes_any(xp):
     xs, device = xp
-    net = pn.Sequential([pn.Conv2D(1, 2, 3), pn.MaxPool2D(2), pn.AvgPool2D(2, stride=1),
-                         pn.GlobalAvgPool2D(), pn.Dense(2, 3)], backend=xs, device=device,
-                        seed=0)  # input (1, ?, ?): every layer passes the unknown sizes on
-    assert net.input_shape == (1, None, None) and net.output_shape == (3,)
+
+    def layers():
+        return [pn.Conv2D(1, 2, 3), pn.MaxPool2D(2), pn.AvgPool2D(2, stride=1),
+                pn.GlobalAvgPool2D(), pn.Dense(2, 3)]
+
+    net = pn.Sequential(layers(), backend=xs, device=device, seed=0)
+    assert net.input_shape == (1, None, None) and net.output_shape == (3,)  # sizes unknown
     for size in (8, 13):
-        y = net.predict(np.random.default_rng(size).normal(size=(2, 1, size, size)))
+        x = np.random.default_rng(size).normal(size=(2, 1, size, size))
+        y = net.predict(x)
         assert_on(xs, device, y, "float32", (2, 3))
+        sized = pn.Sequential(layers(), backend=xs, device=device, seed=0,
+                              input_shape=(1, size, size))
+        np.testing.assert_array_equal(host(y), host(sized.predict(x)))  # the same weights
 
 
 def test_unknown_sizes_are_checked_at_the_first_batch(xp):

@@ -146,20 +146,23 @@ def test_dense_names_the_size_that_is_not_a_positive_int(args, name):
         pn.Dense(*args)
 
 
-def test_dense_forward_evaluates_and_backward_returns_the_input_gradient_by_default(xp, float64):
+def test_dense_called_directly_and_its_backward_returns_the_input_gradient_by_default(xp, float64):
     xs, device = xp
     rng = np.random.default_rng(16)
     net = pn.Sequential([pn.Dense(4, 3, activation="tanh")], backend=xs, device=device,
                         dtype="float64", seed=0)
-    dense, x = net.layers[0], put(xs, device, rng.normal(size=(5, 4)), "float64")
+    state = net.state_dict()
+    state["0.bias"] = rng.normal(size=3)
+    net.load_state_dict(state)
+    w, b, x_host = state["0.weight"], state["0.bias"], rng.normal(size=(5, 4))
+    dense, x = net.layers[0], put(xs, device, x_host, "float64")
     y = dense.forward(x)
-    np.testing.assert_array_equal(host(y), host(net.predict(x)))
+    want = np.tanh(x_host @ w + b)
+    assert_close(y, want, "float64")
     g = rng.normal(size=(5, 3))
     dx = dense.backward(put(xs, device, g, "float64"))  # no need_input_grad argument: dL/dx
     assert_on(xs, device, dx, "float64", (5, 4))
-    w = host(net.state_dict()["0.weight"])
-    dz = g * (1.0 - host(y) ** 2)  # tanh' = 1 - tanh^2
-    assert_close(dx, dz @ w.T, "float64")
+    assert_close(dx, (g * (1.0 - want ** 2)) @ w.T, "float64")  # tanh' = 1 - tanh^2
     with pytest.raises(ValueError, match=r"expects input of shape \(n, 4\), got \(5, 4, 1\)"):
         dense.forward(put(xs, device, rng.normal(size=(5, 4, 1)), "float64"))
 
@@ -171,3 +174,28 @@ def test_forward_checked_evaluates_unless_told_to_train(xp):
     x = net.as_input(np.random.default_rng(17).normal(size=(6, 4)))
     np.testing.assert_array_equal(host(net.forward_checked(x)), host(net.predict(x)))
     assert not np.array_equal(host(net.forward_checked(x, training=True)), host(net.predict(x)))
+
+
+class _Draws:
+    """A stand-in for the host RNG whose every uniform draw is ``value``."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def random(self, shape):
+        return np.full(shape, self.value)
+
+
+@pytest.mark.parametrize("across_ranks", [False, True])
+def test_dropout_keeps_a_unit_whose_draw_equals_p(across_ranks):
+    # keep iff u >= p, u uniform on [0, 1): P(keep) = 1 - p exactly (NumPy draws multiples
+    # of 2**-53, so u == p happens for dyadic p such as 0.5)
+    net = pn.Sequential([pn.Dropout(0.5)], input_shape=(3,), dtype="float64", seed=0)
+    ctx = net.context
+    ctx.rng = _Draws(0.5)
+    if across_ranks:
+        ctx.global_rows = (4, 1, 3)  # rows 1:3 of a global batch of 4
+    y = net.forward(np.ones((2, 3)), training=True)
+    np.testing.assert_array_equal(host(y), np.full((2, 3), 2.0))  # kept, scaled by 1/(1-p)
+    ctx.rng = _Draws(0.5 - 2.0 ** -53)
+    np.testing.assert_array_equal(host(net.forward(np.ones((2, 3)), training=True)), 0.0)

@@ -243,3 +243,16 @@ def test_class_labels_out_of_range_are_rejected(xp):
     with pytest.raises(ValueError, match="from -1 to 1"):
         net.train_step(x, [-1, 0, 1], "cross_entropy", pn.SGD(0.1))
     _assert_unchanged(net, before)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("subclass", [np.asmatrix, lambda a: np.ma.array(a, mask=a < 0)],
+                         ids=["matrix", "masked"])
+def test_numpy_subclasses_are_read_as_plain_arrays(subclass):
+    # np.matrix multiplies with *, and a masked array keeps its mask through arithmetic:
+    # neither may reach the layers as it is
+    net = pn.Sequential([pn.Dense(2, 3, activation="tanh"), pn.Dense(3, 2)], seed=0)
+    x = np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32)
+    y = net.predict(subclass(x))
+    assert type(y) is np.ndarray
+    np.testing.assert_array_equal(y, net.predict(x))

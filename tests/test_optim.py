@@ -194,38 +194,42 @@ def test_row_blocks_cover_every_row_once():
 # (_fast_optim.packed); these pin when that happens and that it never goes stale.
 
 
-def _two_layer_net():
+def _small_float64_net():
     return pn.Sequential([pn.Dense(3, 4, activation="tanh"), pn.Dense(4, 2)], dtype="float64",
                          seed=0)
 
 
-def _xy():
+def _regression_batch():
     rng = np.random.default_rng(5)
     return rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
 
 
-def _train_across_a_load(what):
-    """Two Adam steps, a load of changed values (the network's or the optimizer's), two
-    more steps: the final parameters and optimizer state."""
-    net, opt, (x, y) = _two_layer_net(), pn.Adam(1e-2), _xy()
+def _train_across_a_load(load):
+    """Two Adam steps, then ``load`` ("parameters", "optimizer" or None) of halved values,
+    then two more steps: the final parameters, optimizer state and whether it was packed."""
+    net, opt, (x, y) = _small_float64_net(), pn.Adam(1e-2), _regression_batch()
     for _ in range(2):
         net.train_step(x, y, "mse", opt)
-    if what == "parameters":
+    if load == "parameters":
         net.load_state_dict({k: v * 0.5 for k, v in net.state_dict().items()})
-    else:
+    elif load == "optimizer":
         sd = opt.state_dict()
         opt.load_state_dict({**sd, "state": {name: {slot: a * 0.5 for slot, a in slots.items()}
                                              for name, slots in sd["state"].items()}})
     for _ in range(2):
         net.train_step(x, y, "mse", opt)
-    return net.state_dict(), opt.state_dict()["state"]
+    return net.state_dict(), opt.state_dict()["state"], opt._packed is not None
 
 
-@pytest.mark.parametrize("what", ["parameters", "optimizer"])
-def test_steps_after_a_load_update_the_loaded_arrays(monkeypatch, what):
-    packed_params, packed_state = _train_across_a_load(what)
+@pytest.mark.parametrize("load", ["parameters", "optimizer"])
+def test_steps_after_a_load_update_the_loaded_arrays(monkeypatch, load):
+    packed_params, packed_state, packed = _train_across_a_load(load)
+    assert packed
+    unloaded_params, _, _ = _train_across_a_load(None)
+    assert not np.array_equal(packed_params["1.weight"], unloaded_params["1.weight"])  # it told
     monkeypatch.setattr(fast, "PACK_ELEMENTS", 0)  # nothing packed: each array on its own
-    params, state = _train_across_a_load(what)
+    params, state, packed = _train_across_a_load(load)
+    assert not packed
     for name, value in params.items():
         np.testing.assert_array_equal(packed_params[name], value, err_msg=name)
     for name, slots in state.items():
@@ -236,8 +240,13 @@ def test_steps_after_a_load_update_the_loaded_arrays(monkeypatch, what):
 def test_the_packing_is_checked_again_only_after_an_array_was_replaced(monkeypatch):
     checks = []
     intact = fast.Packed.intact
-    monkeypatch.setattr(fast.Packed, "intact", lambda self, *a: checks.append(1) or intact(self, *a))
-    net, opt, (x, y) = _two_layer_net(), pn.Adam(1e-2), _xy()
+
+    def counted_intact(self, params, state):
+        checks.append(1)
+        return intact(self, params, state)
+
+    monkeypatch.setattr(fast.Packed, "intact", counted_intact)
+    net, opt, (x, y) = _small_float64_net(), pn.Adam(1e-2), _regression_batch()
     for _ in range(4):
         net.train_step(x, y, "mse", opt)
     assert checks == []  # packed at the first step; nothing replaced since: no check at all
@@ -271,7 +280,8 @@ def test_parameters_of_two_dtypes_are_each_updated_in_their_own():
 def test_loaded_state_of_another_dtype_takes_the_parameters_dtype(xp):
     # a float64 checkpoint's Adam state loaded to train a float32 network
     xs, device = xp
-    net, (x, y) = pn.Sequential([pn.Dense(3, 2)], backend=xs, device=device, seed=0), _xy()
+    net = pn.Sequential([pn.Dense(3, 2)], backend=xs, device=device, seed=0)
+    x, y = _regression_batch()
     opt = pn.Adam(1e-2)
     net.train_step(x, y, "mse", opt)
     sd = opt.state_dict()
@@ -280,6 +290,8 @@ def test_loaded_state_of_another_dtype_takes_the_parameters_dtype(xp):
     again = pn.Adam(1e-2)
     again.load_state_dict({**sd, "state": state64})
     net.train_step(x, y, "mse", again)
+    assert set(again.state) == {"exp_avg", "exp_avg_sq"}
     for arrays in again.state.values():
+        assert set(arrays) == set(net.parameters())
         for name, a in arrays.items():
             assert_on(xs, device, a, "float32", tuple(net.parameters()[name].shape))

@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from _util import assert_on, host, put, sigint_handler
+from _util import assert_on, host, put, record_need_input_grad, sigint_handler
 
 import portanet as pn
 from portanet.testing import AGREEMENT_RTOL, norm_rel_diff
@@ -442,16 +442,9 @@ def test_train_step_takes_weights(xp):
 
 
 def test_a_training_step_never_asks_the_first_layer_for_the_input_gradient(monkeypatch):
-    # dL/dx of the first layer is thrown away; for a convolution it is the col2im, a fifth
-    # of a step (bench/conv_step.py), so train_step and fit must not ask for it
-    asked = []
-    backward = pn.Conv2D.backward
-
-    def spy(self, grad_out, need_input_grad=True):
-        asked.append(need_input_grad)
-        return backward(self, grad_out, need_input_grad)
-
-    monkeypatch.setattr(pn.Conv2D, "backward", spy)
+    # dL/dx of the first layer would be thrown away; for a convolution it is the whole
+    # col2im, so train_step and fit must not ask for it
+    asked = record_need_input_grad(monkeypatch, pn.Conv2D)
     net = pn.Sequential([pn.Conv2D(1, 2, 3), pn.ReLU(), pn.Conv2D(2, 2, 3), pn.Flatten(),
                          pn.Dense(8, 3)], input_shape=(1, 6, 6), seed=0)
     rng = np.random.default_rng(0)

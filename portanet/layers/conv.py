@@ -222,8 +222,9 @@ class _InputGrad:
                              device=self.device)
 
     def add(self, part: Array) -> None:
-        """Keep the next samples' gradient, made in the zeros :meth:`rows` gave (already in
-        the whole where it is writeable)."""
+        """Take the gradient of the next chunk of samples, filled into :meth:`rows`'s
+        zeros; chunks come in batch order. Where the whole is writeable, ``part`` is a view
+        of it and already in place, so there is nothing to do."""
         if self.whole is None:
             self.parts.append(part)
 
