@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 from pathlib import Path
 
 # scikit-learn's array-API dispatch (tests/test_sklearn.py) needs scipy's array-API
@@ -63,7 +64,20 @@ def _use_emulated_cupy() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(FAKE_CUPY_DIR), *filter(None, paths)])
 
 
+def _thread_lock_for_tqdm() -> None:
+    """tqdm's default write lock holds a multiprocessing lock, which forked processes
+    share: one killed while it draws a bar (a mutmut worker past its time limit) would
+    leave every later bar in every later fork waiting forever. A thread lock is copied
+    by each fork instead."""
+    try:
+        import tqdm
+    except ImportError:
+        return
+    tqdm.tqdm.set_lock(threading.RLock())
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _thread_lock_for_tqdm()
     if EMULATED_CUPY:
         _use_emulated_cupy()
     if REQUIRE_BACKEND:  # fail now, in one line, rather than skip every test
