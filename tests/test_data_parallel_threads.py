@@ -269,3 +269,45 @@ def test_ranks_never_ask_the_first_layer_for_the_input_gradient(monkeypatch):
 
     run_ranks(fit)
     assert asked == [False] * 4  # 2 steps on each of 2 ranks
+
+
+class _CountingComm(ThreadComm):
+    """A ThreadComm that records each collective it is asked for."""
+
+    def __init__(self, world, rank, calls):
+        super().__init__(world, rank)
+        self.calls = calls
+
+    def allreduce(self, buf):
+        self.calls.append("allreduce")
+        return super().allreduce(buf)
+
+    def allreduce_host(self, values):
+        self.calls.append("allreduce_host")
+        return super().allreduce_host(values)
+
+    def broadcast(self, buf, root=0):
+        self.calls.append("broadcast")
+        return super().broadcast(buf, root)
+
+    def broadcast_object(self, obj, root=0):
+        self.calls.append("broadcast_object")
+        return super().broadcast_object(obj, root)
+
+
+def test_a_world_of_one_trains_as_one_process_with_no_collectives(xp):
+    backend, device = xp
+    x, y = data(images=False)
+
+    def fit(comm):
+        net = pn.Sequential(NETWORKS["bn-dropout"](), backend=backend, device=device, seed=0)
+        net.fit(x, y, loss="cross_entropy", optimizer=pn.Adam(1e-2), epochs=1, batch_size=37,
+                verbose=0, distributed=comm)
+        return net
+
+    calls = []
+    alone = fit(_CountingComm(ThreadWorld(1), 0, calls))
+    assert calls == []  # mpiexec -n 1 pays for no collective
+    single = fit(None)
+    for name, value in single.state_dict().items():
+        np.testing.assert_array_equal(alone.state_dict()[name], value, err_msg=name)
