@@ -395,6 +395,7 @@ def test_dense_subclass_with_buffers_declares_them():
     assert layer.declared_shapes("params") == {"weight": (3, 2), "bias": (2,)}
     assert layer.declared_shapes("buffers") == {"seen": (1,)}
     assert pn.Dense(3, 2).declared_shapes("buffers") == {}
+    assert pn.Dense(3, 2, bias=False).declared_shapes("buffers") == {}
 
 
 # ----------------------------------------------------------------- metrics ----

@@ -315,20 +315,6 @@ def test_named_initializers_draw_the_documented_spread():
         np.testing.assert_allclose(got, ref, rtol=1e-15, err_msg=name)
 
 
-# ------------------------------------------------------------------- layers ----
-
-
-def test_a_dense_subclass_with_a_buffer_declares_it():
-    class CountingDense(pn.Dense):
-        def buffer_shapes(self):
-            return {"calls": (1,)}
-
-    layer = CountingDense(3, 2)
-    assert layer.declared_shapes("params") == {"weight": (3, 2), "bias": (2,)}
-    assert layer.declared_shapes("buffers") == {"calls": (1,)}
-    assert pn.Dense(3, 2, bias=False).declared_shapes("buffers") == {}
-
-
 # -------------------------------------------------------------- activations ----
 
 
